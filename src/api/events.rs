@@ -1,0 +1,269 @@
+//! `POST /v1/events`, `POST /v1/events/batch`, `GET /v1/events/{id}`.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
+
+use super::body::read_json;
+use crate::auth::Principal;
+use crate::db::RawJson;
+use crate::db::models::event::{self, Event, PendingEvent};
+use crate::db::models::idempotency::{self, Claim};
+use crate::domain::{EventType, StreamName};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Most events one batch may hold.
+pub const MAX_BATCH: usize = 1000;
+/// Room in a single-event body for everything but the payload.
+const ENVELOPE_ALLOWANCE: usize = 16 * 1024;
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/events", web::post().to(create_event))
+        .route("/events/batch", web::post().to(create_events_batch))
+        .route("/events/{id}", web::get().to(get_event));
+}
+
+/// An event as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct EventDto {
+    /// Herald's id.
+    pub id: Uuid,
+    /// Stream.
+    pub stream: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Position in the stream.
+    pub seq: i64,
+    /// The producer's JSON.
+    pub payload: RawJson,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<Event> for EventDto {
+    fn from(e: Event) -> Self {
+        Self {
+            id: e.id,
+            stream: e.stream,
+            event_type: e.event_type,
+            seq: e.seq,
+            payload: e.payload,
+            created_at: e.created_at,
+        }
+    }
+}
+
+/// One event as a producer sends it. Fields are read loosely so that a wrong or missing
+/// field is answered `422` naming it, rather than a generic parse error.
+#[derive(Debug, Deserialize)]
+struct EventInput {
+    stream: Option<serde_json::Value>,
+    #[serde(rename = "type")]
+    event_type: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "present")]
+    payload: Option<Box<RawValue>>,
+}
+
+/// Distinguishes `"payload": null` (a valid payload) from a missing payload.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Deserialize)]
+struct BatchInput {
+    events: Option<Vec<EventInput>>,
+}
+
+fn required_string(value: Option<serde_json::Value>, field: &str) -> Result<String, ApiError> {
+    match value {
+        None => Err(ApiError::invalid(field, "is required")),
+        Some(serde_json::Value::String(s)) => Ok(s),
+        Some(_) => Err(ApiError::invalid(field, "must be a string")),
+    }
+}
+
+impl EventInput {
+    /// Validates the event; `path` prefixes field names (`events[3].`).
+    fn parse(self, path: &str, max_payload: usize) -> Result<PendingEvent, ApiError> {
+        let field = |name: &str| format!("{path}{name}");
+        let stream = StreamName::parse(&required_string(self.stream, &field("stream"))?)
+            .map_err(|d| ApiError::invalid(field("stream"), d))?;
+        let event_type = EventType::parse(&required_string(self.event_type, &field("type"))?)
+            .map_err(|d| ApiError::invalid(field("type"), d))?;
+        let payload = self
+            .payload
+            .ok_or_else(|| ApiError::invalid(field("payload"), "is required (any JSON value)"))?;
+        if payload.get().len() > max_payload {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "{} is {} bytes; the limit is {max_payload} bytes (HERALD_MAX_PAYLOAD)",
+                field("payload"),
+                payload.get().len()
+            )));
+        }
+        Ok(PendingEvent::new(stream, event_type, RawJson(payload)))
+    }
+}
+
+/// The `Idempotency-Key` header, if sent.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key",
+                "must be 1-255 printable ASCII characters without spaces",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// What makes two requests "the same": the route and each event's stream, type and payload
+/// bytes (so whitespace and key order outside the payload do not matter).
+fn request_hash(route: &str, events: &[PendingEvent]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(route.as_bytes());
+    for e in events {
+        for part in [e.stream.as_str(), e.event_type.as_str(), e.payload.get()] {
+            hasher.update((part.len() as u64).to_be_bytes());
+            hasher.update(part.as_bytes());
+        }
+    }
+    hasher.finalize().to_vec()
+}
+
+/// Stores `pending`, through the group committer or, with an idempotency key, in a
+/// transaction of its own that also claims the key. Returns the events and whether they
+/// are a replay of an earlier request.
+async fn store(
+    state: &AppState,
+    route: &str,
+    key: Option<String>,
+    pending: Vec<PendingEvent>,
+) -> Result<(Vec<Event>, bool), ApiError> {
+    let Some(key) = key else {
+        return Ok((state.ingest.submit(pending).await?, false));
+    };
+    let hash = request_hash(route, &pending);
+    let ids: Vec<Uuid> = pending.iter().map(|e| e.id).collect();
+    let mut conn = state.pool.get().await?;
+    let claim_hash = hash.clone();
+    let outcome = conn
+        .transaction(
+            async |conn| match idempotency::claim(conn, &key, &claim_hash, &ids).await? {
+                Claim::Fresh => event::insert_all(conn, pending).await.map(Ok),
+                Claim::Existing(record) => Ok(Err(record)),
+            },
+        )
+        .await?;
+    match outcome {
+        Ok(events) => Ok((events, false)),
+        Err(record) if record.request_hash != hash => Err(ApiError::Conflict(format!(
+            "Idempotency-Key {key:?} was already used at {} for a different request; \
+             use a new key for a new request",
+            record.created_at.to_rfc3339()
+        ))),
+        Err(record) => Ok((event::find_many(&mut conn, &record.event_ids).await?, true)),
+    }
+}
+
+fn respond(replayed: bool) -> actix_web::HttpResponseBuilder {
+    if replayed {
+        let mut response = HttpResponse::Ok();
+        response.insert_header(("Idempotent-Replayed", "true"));
+        response
+    } else {
+        HttpResponse::Created()
+    }
+}
+
+async fn create_event(
+    req: HttpRequest,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_publisher()?;
+    let key = idempotency_key(&req)?;
+    let limit = state.settings.max_payload + ENVELOPE_ALLOWANCE;
+    let (input, _) = read_json::<EventInput>(&req, body, limit, "HERALD_MAX_PAYLOAD").await?;
+    let pending = input.parse("", state.settings.max_payload)?;
+    let (events, replayed) = store(&state, "/v1/events", key, vec![pending]).await?;
+    let event = events
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("stored event missing".into()))?;
+    Ok(respond(replayed)
+        .insert_header((header::LOCATION, format!("/v1/events/{}", event.id)))
+        .json(EventDto::from(event)))
+}
+
+#[derive(Debug, Serialize)]
+struct BatchDto {
+    events: Vec<EventDto>,
+}
+
+async fn create_events_batch(
+    req: HttpRequest,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_publisher()?;
+    let key = idempotency_key(&req)?;
+    let limit = state.settings.max_batch_bytes;
+    let (input, _) = read_json::<BatchInput>(&req, body, limit, "HERALD_MAX_BATCH_BYTES").await?;
+    let inputs = input
+        .events
+        .ok_or_else(|| ApiError::invalid("events", "is required (an array of events)"))?;
+    if inputs.is_empty() || inputs.len() > MAX_BATCH {
+        return Err(ApiError::invalid(
+            "events",
+            format!("must hold 1 to {MAX_BATCH} events (got {})", inputs.len()),
+        ));
+    }
+    let pending = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.parse(&format!("events[{i}]."), state.settings.max_payload))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (events, replayed) = store(&state, "/v1/events/batch", key, pending).await?;
+    Ok(respond(replayed).json(BatchDto {
+        events: events.into_iter().map(EventDto::from).collect(),
+    }))
+}
+
+async fn get_event(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let raw = path.into_inner();
+    let not_found = || ApiError::NotFound(format!("no event with id {raw:?}"));
+    let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
+    if principal.role == crate::domain::Role::Publisher {
+        return Err(ApiError::Forbidden(
+            "publisher keys cannot read events; use a subscriber or admin key".into(),
+        ));
+    }
+    let mut conn = state.pool.get().await?;
+    let event = event::find(&mut conn, id).await?.ok_or_else(not_found)?;
+    // Events outside a subscriber's prefixes are reported as missing, not forbidden, so
+    // that ids cannot be probed for existence.
+    if !principal.can_read(&event.stream) {
+        return Err(not_found());
+    }
+    Ok(HttpResponse::Ok().json(EventDto::from(event)))
+}

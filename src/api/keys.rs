@@ -1,0 +1,166 @@
+//! `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` (admin only).
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, Utc};
+use diesel_async::AsyncConnection as _;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::body::read_json;
+use crate::auth::Principal;
+use crate::db::models::api_key::{self, ApiKey};
+use crate::domain::{ApiKeySecret, Role, StreamPrefix};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/keys", web::post().to(create_key))
+        .route("/keys", web::get().to(list_keys))
+        .route("/keys/{id}", web::delete().to(delete_key));
+}
+
+/// A key as listed (never with the key itself).
+#[derive(Debug, Serialize)]
+pub struct KeyDto {
+    id: Uuid,
+    role: String,
+    stream_prefixes: Vec<String>,
+    key_prefix: String,
+    description: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<ApiKey> for KeyDto {
+    fn from(k: ApiKey) -> Self {
+        Self {
+            id: k.id,
+            role: k.role,
+            stream_prefixes: k.stream_prefixes,
+            key_prefix: k.key_prefix,
+            description: k.description,
+            created_at: k.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CreatedKeyDto {
+    #[serde(flatten)]
+    key: KeyDto,
+    /// The key in clear: shown here and never again.
+    #[serde(rename = "key")]
+    secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CreateKeyInput {
+    role: Option<String>,
+    #[serde(default)]
+    stream_prefixes: Vec<String>,
+    #[serde(default)]
+    description: String,
+}
+
+/// Checks that a role and its prefixes go together: subscribers need at least one prefix,
+/// and only subscribers have prefixes.
+pub fn parse_grant(role: &str, prefixes: &[String]) -> Result<(Role, Vec<String>), ApiError> {
+    let role = Role::parse(role).map_err(|d| ApiError::invalid("role", d))?;
+    let prefixes = prefixes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            StreamPrefix::parse(p)
+                .map(StreamPrefix::into_inner)
+                .map_err(|d| ApiError::invalid(format!("stream_prefixes[{i}]"), d))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match (role, prefixes.is_empty()) {
+        (Role::Subscriber, true) => Err(ApiError::invalid(
+            "stream_prefixes",
+            "a subscriber key needs at least one stream prefix, e.g. \"payment:\"",
+        )),
+        (Role::Admin | Role::Publisher, false) => Err(ApiError::invalid(
+            "stream_prefixes",
+            "only subscriber keys have stream prefixes",
+        )),
+        _ => Ok((role, prefixes)),
+    }
+}
+
+async fn create_key(
+    req: HttpRequest,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let (input, _) = read_json::<CreateKeyInput>(&req, body, 64 * 1024, "64 KiB").await?;
+    let role = input
+        .role
+        .ok_or_else(|| ApiError::invalid("role", "is required: admin, publisher or subscriber"))?;
+    let (role, prefixes) = parse_grant(&role, &input.stream_prefixes)?;
+    if input.description.len() > 1000 {
+        return Err(ApiError::invalid(
+            "description",
+            "must be at most 1000 characters",
+        ));
+    }
+    let secret = ApiKeySecret::generate();
+    let record = ApiKey::new(&secret, role, prefixes, input.description);
+    let mut conn = state.pool.get().await?;
+    api_key::insert(&mut conn, &record).await?;
+    Ok(HttpResponse::Created().json(CreatedKeyDto {
+        key: record.into(),
+        secret: secret.expose().to_owned(),
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct KeyListDto {
+    keys: Vec<KeyDto>,
+}
+
+async fn list_keys(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let mut conn = state.pool.get().await?;
+    let keys = api_key::list(&mut conn).await?;
+    Ok(HttpResponse::Ok().json(KeyListDto {
+        keys: keys.into_iter().map(KeyDto::from).collect(),
+    }))
+}
+
+async fn delete_key(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let raw = path.into_inner();
+    let not_found = || ApiError::NotFound(format!("no key with id {raw:?}"));
+    let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
+    let mut conn = state.pool.get().await?;
+    let deleted = conn
+        .transaction(async |conn| {
+            api_key::lock_bootstrap(conn).await?;
+            let Some(key) = api_key::find(conn, id).await? else {
+                return Ok(false);
+            };
+            if key.role() == Role::Admin && api_key::count_admins(conn).await? <= 1 {
+                return Err(ApiError::Conflict(
+                    "this is the last admin key; create another admin key before deleting it"
+                        .into(),
+                ));
+            }
+            Ok::<_, ApiError>(api_key::delete(conn, id).await?)
+        })
+        .await?;
+    if !deleted {
+        return Err(not_found());
+    }
+    state.keys.evict(id);
+    Ok(HttpResponse::NoContent().finish())
+}

@@ -1,0 +1,31 @@
+//! The HTTP API: one file per resource, each with its DTOs, handlers and `routes`.
+
+mod body;
+pub mod events;
+pub mod health;
+pub mod keys;
+pub mod streams;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+
+use crate::error::ApiError;
+
+/// Registers every route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.configure(health::routes)
+        .service(
+            web::scope("/v1")
+                .configure(events::routes)
+                .configure(streams::routes)
+                .configure(keys::routes),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}

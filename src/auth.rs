@@ -1,0 +1,169 @@
+//! Bearer-key authentication: the `Principal` extractor and the roles' rules.
+//!
+//! Keys are looked up by their SHA-256 digest. Hits are cached in memory for a few seconds
+//! so that a busy publisher does not pay a database round trip per request; a key deleted
+//! through this instance is evicted at once, and one deleted through another instance stops
+//! working here within [`CACHE_TTL`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{FromRequest, HttpRequest, web};
+use uuid::Uuid;
+
+use crate::db::models::api_key;
+use crate::domain::{ApiKeySecret, Role, StreamName};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// How long a looked-up key is trusted without asking the database again.
+pub const CACHE_TTL: Duration = Duration::from_secs(5);
+const CACHE_MAX_ENTRIES: usize = 10_000;
+
+/// Who is calling: the key's id, role and (for subscribers) stream prefixes.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The API key's id.
+    pub key_id: Uuid,
+    /// Its role.
+    pub role: Role,
+    /// For subscribers: which stream names it may read.
+    pub stream_prefixes: Vec<String>,
+}
+
+impl Principal {
+    /// Only admins.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            _ => Err(ApiError::Forbidden(format!(
+                "this needs an admin key; this key is a {} key",
+                self.role
+            ))),
+        }
+    }
+
+    /// Admins and publishers.
+    pub fn require_publisher(&self) -> Result<(), ApiError> {
+        match self.role {
+            Role::Admin | Role::Publisher => Ok(()),
+            Role::Subscriber => Err(ApiError::Forbidden(
+                "subscriber keys cannot create events; use a publisher key".into(),
+            )),
+        }
+    }
+
+    /// Whether this key may read `stream`.
+    pub fn can_read(&self, stream: &str) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::Publisher => false,
+            Role::Subscriber => self
+                .stream_prefixes
+                .iter()
+                .any(|p| stream.starts_with(p.as_str())),
+        }
+    }
+
+    /// Admins, and subscribers whose prefixes cover `stream`.
+    pub fn require_read(&self, stream: &StreamName) -> Result<(), ApiError> {
+        if self.can_read(stream.as_str()) {
+            return Ok(());
+        }
+        Err(ApiError::Forbidden(match self.role {
+            Role::Publisher => "publisher keys cannot read streams; use a subscriber key".into(),
+            _ => format!("this key may not read stream {stream:?}"),
+        }))
+    }
+}
+
+/// Recently seen keys, by hash.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<Vec<u8>, (Principal, Instant)>>,
+}
+
+impl KeyCache {
+    fn get(&self, hash: &[u8]) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(hash)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, principal: Principal) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= CACHE_MAX_ENTRIES {
+            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+            if entries.len() >= CACHE_MAX_ENTRIES {
+                entries.clear();
+            }
+        }
+        entries.insert(hash, (principal, Instant::now()));
+    }
+
+    /// Forgets a deleted key at once.
+    pub fn evict(&self, key_id: Uuid) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.retain(|_, (p, _)| p.key_id != key_id);
+    }
+}
+
+async fn authenticate(state: &AppState, raw: Option<String>) -> Result<Principal, ApiError> {
+    let raw = raw.ok_or(ApiError::Unauthorized(
+        "send an API key as `Authorization: Bearer <key>`",
+    ))?;
+    let secret =
+        ApiKeySecret::parse(&raw).map_err(|_| ApiError::Unauthorized("unknown API key"))?;
+    let hash = secret.hash();
+    if let Some(principal) = state.keys.get(&hash) {
+        return Ok(principal);
+    }
+    let mut conn = state.pool.get().await?;
+    let key = api_key::find_by_hash(&mut conn, &hash)
+        .await?
+        .ok_or(ApiError::Unauthorized("unknown API key"))?;
+    let principal = Principal {
+        key_id: key.id,
+        role: key.role(),
+        stream_prefixes: key.stream_prefixes,
+    };
+    state.keys.put(hash, principal.clone());
+    Ok(principal)
+}
+
+fn bearer(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthorized("the Authorization header is not valid text"))?;
+    let (scheme, key) = value
+        .split_once(' ')
+        .ok_or(ApiError::Unauthorized("use `Authorization: Bearer <key>`"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ApiError::Unauthorized("use `Authorization: Bearer <key>`"));
+    }
+    Ok(Some(key.trim().to_owned()))
+}
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let raw = bearer(req);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::Internal("AppState missing".into()))?;
+            authenticate(&state, raw?).await
+        })
+    }
+}

@@ -1,0 +1,190 @@
+//! Settings, read once from the environment at start and validated there.
+//!
+//! Every setting is a `HERALD_*` variable (plus `DATABASE_URL`); PRODUCT.md is the contract
+//! for their names and defaults. A bad value stops Herald with a message that names the
+//! variable and what it expected. Nothing here is global: `Settings` is passed in, and tests
+//! build their own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::domain::ApiKeySecret;
+use crate::domain::units::{parse_bytes, parse_duration};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything Herald can be told at start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `HERALD_LISTEN`: address to serve.
+    pub listen: SocketAddr,
+    /// `DATABASE_URL`: unset means "start the embedded PostgreSQL".
+    pub database_url: Option<String>,
+    /// `HERALD_DATA_DIR`: where the embedded cluster lives.
+    pub data_dir: PathBuf,
+    /// `HERALD_ADMIN_KEY`: bootstrap admin key.
+    pub admin_key: Option<ApiKeySecret>,
+    /// `HERALD_MAX_PAYLOAD`: largest accepted event payload, in bytes.
+    pub max_payload: usize,
+    /// `HERALD_MAX_BATCH_BYTES`: largest accepted body of `POST /v1/events/batch`.
+    pub max_batch_bytes: usize,
+    /// `HERALD_DB_POOL_SIZE`: pooled database connections per instance.
+    pub db_pool_size: usize,
+    /// `HERALD_DB_TIMEOUT`: how long a request waits for a database connection (or to
+    /// connect) before it is answered `503`.
+    pub db_timeout: Duration,
+    /// `HERALD_HTTP_WORKERS`: HTTP worker threads (default: one per CPU core).
+    pub http_workers: Option<usize>,
+    /// `HERALD_LOG_FORMAT`.
+    pub log_format: LogFormat,
+}
+
+/// A setting that could not be used, naming the variable and what it expected.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// What was wrong and what was expected.
+    pub problem: String,
+}
+
+impl Settings {
+    /// Reads settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, which returns a variable's value if it is set.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
+        fn parse_with<T>(
+            raw: Option<String>,
+            var: &'static str,
+            default: &str,
+            f: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<T, ConfigError> {
+            let raw = raw.unwrap_or_else(|| default.to_owned());
+            f(&raw).map_err(|problem| ConfigError { var, problem })
+        }
+        macro_rules! parse {
+            ($var:literal, $default:literal, $f:expr) => {
+                parse_with(get($var), $var, $default, $f)
+            };
+        }
+
+        let listen = parse!("HERALD_LISTEN", "127.0.0.1:8080", |raw| {
+            raw.parse::<SocketAddr>().map_err(|_| {
+                format!("expected an address like 127.0.0.1:8080 or [::]:8080, got {raw:?}")
+            })
+        })?;
+        let admin_key = get("HERALD_ADMIN_KEY")
+            .map(|raw| ApiKeySecret::parse(raw.trim()))
+            .transpose()
+            .map_err(|problem| ConfigError {
+                var: "HERALD_ADMIN_KEY",
+                problem,
+            })?;
+        let max_payload = parse!("HERALD_MAX_PAYLOAD", "256KiB", parse_bytes)?;
+        if max_payload == 0 {
+            return Err(ConfigError {
+                var: "HERALD_MAX_PAYLOAD",
+                problem: "must be more than 0 bytes".into(),
+            });
+        }
+        let max_batch_bytes = parse!("HERALD_MAX_BATCH_BYTES", "32MiB", parse_bytes)?;
+        let db_pool_size = parse!("HERALD_DB_POOL_SIZE", "16", |raw| {
+            match raw.trim().parse::<usize>() {
+                Ok(n) if (2..=1000).contains(&n) => Ok(n),
+                _ => Err(format!("expected a number from 2 to 1000, got {raw:?}")),
+            }
+        })?;
+        let db_timeout = parse!("HERALD_DB_TIMEOUT", "5s", parse_duration)?;
+        let http_workers = get("HERALD_HTTP_WORKERS")
+            .map(|raw| match raw.trim().parse::<usize>() {
+                Ok(n) if (1..=256).contains(&n) => Ok(n),
+                _ => Err(ConfigError {
+                    var: "HERALD_HTTP_WORKERS",
+                    problem: format!("expected a number from 1 to 256, got {raw:?}"),
+                }),
+            })
+            .transpose()?;
+        let log_format = parse!("HERALD_LOG_FORMAT", "text", |raw| match raw.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("expected text or json, got {other:?}")),
+        })?;
+
+        Ok(Self {
+            listen,
+            database_url: get("DATABASE_URL"),
+            data_dir: PathBuf::from(get("HERALD_DATA_DIR").unwrap_or_else(|| "./.herald".into())),
+            admin_key,
+            max_payload,
+            max_batch_bytes,
+            db_pool_size,
+            db_timeout,
+            http_workers,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Settings::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_follow_the_product_contract() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.database_url, None);
+        assert_eq!(s.data_dir, PathBuf::from("./.herald"));
+        assert_eq!(s.max_payload, 256 * 1024);
+        assert_eq!(s.log_format, LogFormat::Text);
+        assert!(s.admin_key.is_none());
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_and_what_it_expected() {
+        let err = settings(&[("HERALD_MAX_PAYLOAD", "huge")]).unwrap_err();
+        assert_eq!(err.var, "HERALD_MAX_PAYLOAD");
+        assert!(
+            err.to_string()
+                .starts_with("HERALD_MAX_PAYLOAD: expected a size")
+        );
+
+        let err = settings(&[("HERALD_LISTEN", "localhost")]).unwrap_err();
+        assert_eq!(err.var, "HERALD_LISTEN");
+
+        let err = settings(&[("HERALD_LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(err.to_string().contains("expected text or json"));
+
+        let err = settings(&[("HERALD_ADMIN_KEY", "short")]).unwrap_err();
+        assert_eq!(err.var, "HERALD_ADMIN_KEY");
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let s = settings(&[("DATABASE_URL", ""), ("HERALD_MAX_PAYLOAD", " ")]).unwrap();
+        assert_eq!(s.database_url, None);
+        assert_eq!(s.max_payload, 256 * 1024);
+    }
+}

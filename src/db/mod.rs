@@ -1,0 +1,98 @@
+//! Storage: the connection pool, migrations, the embedded PostgreSQL and all SQL.
+//!
+//! All queries live in `models/` as plain async functions taking a connection; callers own
+//! the transaction. Connections come from a deadpool pool whose waits and connects are
+//! bounded by `HERALD_DB_TIMEOUT`, so an unreachable database turns into a `503`, not a hang.
+
+pub mod embedded;
+pub mod models;
+mod raw_json;
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::ConnectionError;
+use diesel_async::AsyncPgConnection;
+use diesel_async::pooled_connection::deadpool::{Object, Pool};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use futures_util::FutureExt as _;
+use futures_util::future::BoxFuture;
+
+pub use raw_json::RawJson;
+
+/// The pool every request and background task takes connections from.
+pub type DbPool = Pool<AsyncPgConnection>;
+/// A pooled connection.
+pub type DbConn = Object<AsyncPgConnection>;
+/// What getting a connection can fail with.
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
+
+/// The migrations under `migrations/`, compiled into the binary.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// An arbitrary constant: the advisory lock that serialises migrations across instances.
+const MIGRATION_LOCK_ID: i64 = 0x4845_5241_4c44; // "HERALD"
+
+/// Builds the pool. No connection is made until one is needed.
+pub fn build_pool(database_url: &str, size: usize, timeout: Duration) -> anyhow::Result<DbPool> {
+    let mut config = ManagerConfig::default();
+    config.custom_setup = Box::new(move |url| establish(url, timeout));
+    let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
+    Ok(Pool::builder(manager)
+        .max_size(size)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()?)
+}
+
+/// Opens one connection with a connect timeout and TCP keepalives, outside any pool.
+pub fn establish(
+    url: &str,
+    timeout: Duration,
+) -> BoxFuture<'_, diesel::ConnectionResult<AsyncPgConnection>> {
+    async move {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| ConnectionError::BadConnection(format!("bad DATABASE_URL: {e}")))?;
+        config
+            .connect_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .application_name("herald");
+        let (client, connection) =
+            tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
+                .await
+                .map_err(|_| {
+                    ConnectionError::BadConnection("timed out connecting to PostgreSQL".into())
+                })?
+                .map_err(|e| ConnectionError::BadConnection(e.to_string()))?;
+        AsyncPgConnection::try_from_client_and_connection(client, connection).await
+    }
+    .boxed()
+}
+
+/// Applies pending migrations under an advisory lock, so that several instances can start
+/// at once. Blocking: call it from `spawn_blocking` (diesel's migration harness is sync).
+pub fn run_migrations(database_url: &str) -> anyhow::Result<()> {
+    use diesel::RunQueryDsl as _;
+    use diesel::connection::Connection as _;
+    use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
+
+    let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(database_url)?;
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
+        .execute(&mut conn)?;
+    let result = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|applied| {
+            for version in applied {
+                tracing::info!(%version, "applied migration");
+            }
+        })
+        .map_err(|e| anyhow::anyhow!("migration failed: {e}"));
+    diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
+        .execute(&mut conn)?;
+    result
+}

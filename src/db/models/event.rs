@@ -1,0 +1,171 @@
+//! `events` (and the per-stream counters in `streams` that give them their seq).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::db::RawJson;
+use crate::db::schema::events;
+use crate::domain::{EventType, StreamName};
+
+/// A stored event.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = events, check_for_backend(diesel::pg::Pg))]
+pub struct Event {
+    /// Herald's id (UUIDv7).
+    pub id: Uuid,
+    /// The stream it belongs to.
+    pub stream: String,
+    /// Its position in the stream, from 1, gapless, in commit order.
+    pub seq: i64,
+    /// Its type, such as `payment.succeeded`.
+    pub event_type: String,
+    /// The producer's JSON, byte for byte.
+    pub payload: RawJson,
+    /// When it was stored (the database's clock at insert).
+    pub created_at: DateTime<Utc>,
+}
+
+/// An event that has been validated but not yet stored.
+#[derive(Debug, Clone)]
+pub struct PendingEvent {
+    /// Chosen before the insert so that idempotency records can name it.
+    pub id: Uuid,
+    /// Target stream.
+    pub stream: StreamName,
+    /// Event type.
+    pub event_type: EventType,
+    /// Payload.
+    pub payload: RawJson,
+}
+
+impl PendingEvent {
+    /// A new event with a fresh UUIDv7 id.
+    pub fn new(stream: StreamName, event_type: EventType, payload: RawJson) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            stream,
+            event_type,
+            payload,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct Counter {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    last_seq: i64,
+    #[diesel(sql_type = Timestamptz)]
+    now: DateTime<Utc>,
+}
+
+/// Stores `pending` in the caller's transaction and returns them as stored, in input order.
+///
+/// Each stream's counter row is advanced once by the number of its events. The row lock
+/// that this takes is held until commit, so a later writer of the same stream waits for this
+/// transaction: seq order is commit order, and a reader that has seen seq N can never later
+/// find an event below N. Counters are locked in name order so that two batches touching the
+/// same streams cannot deadlock.
+pub async fn insert_all(
+    conn: &mut AsyncPgConnection,
+    pending: Vec<PendingEvent>,
+) -> QueryResult<Vec<Event>> {
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for event in &pending {
+        *counts.entry(event.stream.as_str()).or_default() += 1;
+    }
+    let names: Vec<&str> = counts.keys().copied().collect();
+    let increments: Vec<i64> = counts.values().copied().collect();
+    let counters: Vec<Counter> = diesel::sql_query(
+        "INSERT INTO streams AS s (name, last_seq) \
+         SELECT name, n FROM unnest($1::text[], $2::int8[]) AS t(name, n) ORDER BY name \
+         ON CONFLICT (name) DO UPDATE \
+           SET last_seq = s.last_seq + EXCLUDED.last_seq, updated_at = now() \
+         RETURNING s.name, s.last_seq, now() AS now",
+    )
+    .bind::<Array<Text>, _>(&names)
+    .bind::<Array<BigInt>, _>(&increments)
+    .load(conn)
+    .await?;
+
+    // The next seq to hand out per stream: the first of this batch's block.
+    let mut next: BTreeMap<String, i64> = BTreeMap::new();
+    let mut now = Utc::now();
+    for counter in counters {
+        let count = counts[counter.name.as_str()];
+        now = counter.now;
+        next.insert(counter.name, counter.last_seq - count + 1);
+    }
+    let rows: Vec<Event> = pending
+        .into_iter()
+        .map(|p| {
+            let seq = next.get_mut(p.stream.as_str()).map_or(0, |s| {
+                *s += 1;
+                *s - 1
+            });
+            Event {
+                id: p.id,
+                stream: p.stream.into_inner(),
+                seq,
+                event_type: p.event_type.into_inner(),
+                payload: p.payload,
+                created_at: now,
+            }
+        })
+        .collect();
+    // One multi-row INSERT per chunk; 6 binds per row stays far below PostgreSQL's 65535.
+    for chunk in rows.chunks(2000) {
+        diesel::insert_into(events::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(rows)
+}
+
+/// The event with this id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Event>> {
+    events::table
+        .find(id)
+        .select(Event::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The events with these ids, in the order of `ids` (missing ones are skipped).
+pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Event>> {
+    let mut found: Vec<Event> = events::table
+        .filter(events::id.eq_any(ids))
+        .select(Event::as_select())
+        .load(conn)
+        .await?;
+    found.sort_by_key(|e| ids.iter().position(|id| *id == e.id));
+    Ok(found)
+}
+
+/// Up to `limit` events of `stream` with `seq > after`, in seq order.
+pub async fn list_after(
+    conn: &mut AsyncPgConnection,
+    stream: &str,
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<Event>> {
+    events::table
+        .filter(events::stream.eq(stream))
+        .filter(events::seq.gt(after))
+        .order(events::seq.asc())
+        .limit(limit)
+        .select(Event::as_select())
+        .load(conn)
+        .await
+}

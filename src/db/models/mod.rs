@@ -1,0 +1,6 @@
+//! One file per table; every query Herald runs is here.
+
+pub mod api_key;
+pub mod event;
+pub mod idempotency;
+pub mod stream;

@@ -1,0 +1,14 @@
+//! Pure types and rules: no actix, no diesel, no I/O.
+//!
+//! Everything that arrives from outside is parsed into one of these types at the edge
+//! (`StreamName::parse`, `EventType::parse`, ...), so the rest of the code can rely on the
+//! guarantee the type carries instead of re-checking strings.
+
+mod api_key;
+mod event_type;
+mod stream_name;
+pub mod units;
+
+pub use api_key::{ApiKeySecret, Role, StreamPrefix};
+pub use event_type::EventType;
+pub use stream_name::StreamName;

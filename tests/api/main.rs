@@ -1,0 +1,17 @@
+//! Herald's integration tests: one binary, every test with its own app and database.
+//!
+//! The database server is `DATABASE_URL` when set, otherwise the same embedded PostgreSQL
+//! that `herald serve` uses, started once under `target/` and reused across runs.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions fail the test loudly, as they should"
+)]
+
+mod embedded;
+mod events;
+mod health;
+mod helpers;
+mod idempotency;
+mod keys;
+mod streams;
