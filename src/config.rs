@@ -41,6 +41,20 @@ pub struct Settings {
     /// `HERALD_DB_TIMEOUT`: how long a request waits for a database connection (or to
     /// connect) before it is answered `503`.
     pub db_timeout: Duration,
+    /// `HERALD_LONGPOLL_DEFAULT_WAIT`: how long a poll without `wait` is held.
+    pub longpoll_default_wait: Duration,
+    /// `HERALD_LONGPOLL_MAX_WAIT`: the longest hold; larger waits are clamped to it.
+    pub longpoll_max_wait: Duration,
+    /// `HERALD_MAX_WAITERS`: held long-polls and SSE streams per instance; beyond, `503`.
+    pub max_waiters: usize,
+    /// `HERALD_LONGPOLL_FALLBACK_INTERVAL`: how often watched streams are re-checked in
+    /// case a notification was lost.
+    pub fallback_interval: Duration,
+    /// `HERALD_SSE_HEARTBEAT`: comment line interval on idle SSE streams.
+    pub sse_heartbeat: Duration,
+    /// `HERALD_SSE_MAX_LIFETIME`: SSE connections are closed after this long, so that
+    /// clients reconnect (and rebalance across instances).
+    pub sse_max_lifetime: Duration,
     /// `HERALD_HTTP_WORKERS`: HTTP worker threads (default: one per CPU core).
     pub http_workers: Option<usize>,
     /// `HERALD_LOG_FORMAT`.
@@ -108,6 +122,43 @@ impl Settings {
             }
         })?;
         let db_timeout = parse!("HERALD_DB_TIMEOUT", "5s", parse_duration)?;
+        let longpoll_default_wait = parse!("HERALD_LONGPOLL_DEFAULT_WAIT", "25s", parse_duration)?;
+        let longpoll_max_wait = parse!("HERALD_LONGPOLL_MAX_WAIT", "55s", parse_duration)?;
+        if longpoll_max_wait.is_zero() || longpoll_max_wait > Duration::from_secs(3600) {
+            return Err(ConfigError {
+                var: "HERALD_LONGPOLL_MAX_WAIT",
+                problem: "must be between 1ms and 1h".into(),
+            });
+        }
+        if longpoll_default_wait > longpoll_max_wait {
+            return Err(ConfigError {
+                var: "HERALD_LONGPOLL_DEFAULT_WAIT",
+                problem: format!(
+                    "must not exceed HERALD_LONGPOLL_MAX_WAIT ({}s)",
+                    longpoll_max_wait.as_secs_f64()
+                ),
+            });
+        }
+        let max_waiters = parse!("HERALD_MAX_WAITERS", "50000", |raw| {
+            raw.trim()
+                .parse::<usize>()
+                .map_err(|_| format!("expected a whole number, got {raw:?}"))
+        })?;
+        let fallback_interval = parse!("HERALD_LONGPOLL_FALLBACK_INTERVAL", "1s", parse_duration)?;
+        let sse_heartbeat = parse!("HERALD_SSE_HEARTBEAT", "15s", parse_duration)?;
+        let sse_max_lifetime = parse!("HERALD_SSE_MAX_LIFETIME", "10m", parse_duration)?;
+        for (var, value) in [
+            ("HERALD_LONGPOLL_FALLBACK_INTERVAL", fallback_interval),
+            ("HERALD_SSE_HEARTBEAT", sse_heartbeat),
+            ("HERALD_SSE_MAX_LIFETIME", sse_max_lifetime),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError {
+                    var,
+                    problem: "must be more than 0".into(),
+                });
+            }
+        }
         let http_workers = get("HERALD_HTTP_WORKERS")
             .map(|raw| match raw.trim().parse::<usize>() {
                 Ok(n) if (1..=256).contains(&n) => Ok(n),
@@ -132,6 +183,12 @@ impl Settings {
             max_batch_bytes,
             db_pool_size,
             db_timeout,
+            longpoll_default_wait,
+            longpoll_max_wait,
+            max_waiters,
+            fallback_interval,
+            sse_heartbeat,
+            sse_max_lifetime,
             http_workers,
             log_format,
         })
@@ -179,6 +236,20 @@ mod tests {
 
         let err = settings(&[("HERALD_ADMIN_KEY", "short")]).unwrap_err();
         assert_eq!(err.var, "HERALD_ADMIN_KEY");
+    }
+
+    #[test]
+    fn the_default_wait_may_not_exceed_the_maximum() {
+        let err = settings(&[
+            ("HERALD_LONGPOLL_DEFAULT_WAIT", "30s"),
+            ("HERALD_LONGPOLL_MAX_WAIT", "20s"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "HERALD_LONGPOLL_DEFAULT_WAIT");
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.longpoll_default_wait, Duration::from_secs(25));
+        assert_eq!(s.longpoll_max_wait, Duration::from_secs(55));
+        assert_eq!(s.max_waiters, 50_000);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::db::DbPool;
 use crate::db::models::event::{self, Event, PendingEvent};
 use crate::error::ApiError;
+use crate::streams::notify::Notifier;
 
 /// A group is closed once it holds this many events.
 pub const MAX_GROUP_EVENTS: usize = 1000;
@@ -49,12 +50,17 @@ impl std::fmt::Debug for Job {
 }
 
 impl Ingest {
-    /// Starts `committers` committer tasks on the current runtime.
-    pub fn start(pool: DbPool, committers: usize) -> (Self, Vec<JoinHandle<()>>) {
+    /// Starts `committers` committer tasks on the current runtime; `notifier` hears of
+    /// every commit.
+    pub fn start(
+        pool: DbPool,
+        committers: usize,
+        notifier: Arc<Notifier>,
+    ) -> (Self, Vec<JoinHandle<()>>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let rx = Arc::new(Mutex::new(rx));
         let handles = (0..committers.max(1))
-            .map(|_| tokio::spawn(run_committer(pool.clone(), rx.clone())))
+            .map(|_| tokio::spawn(run_committer(pool.clone(), rx.clone(), notifier.clone())))
             .collect();
         (Self { tx }, handles)
     }
@@ -77,9 +83,9 @@ fn shutting_down() -> ApiError {
     }
 }
 
-async fn run_committer(pool: DbPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run_committer(pool: DbPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, notifier: Arc<Notifier>) {
     while let Some(group) = next_group(&rx).await {
-        commit_group(&pool, group).await;
+        commit_group(&pool, group, &notifier).await;
     }
 }
 
@@ -101,13 +107,14 @@ async fn next_group(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
     Some(group)
 }
 
-async fn commit_group(pool: &DbPool, group: Vec<Job>) {
+async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
     let all: Vec<PendingEvent> = group
         .iter()
         .flat_map(|j| j.events.iter().cloned())
         .collect();
     match store(pool, all).await {
         Ok(stored) => {
+            notifier.committed(&stored);
             let mut stored = stored.into_iter();
             for job in group {
                 let mine: Vec<Event> = stored.by_ref().take(job.events.len()).collect();
@@ -123,6 +130,9 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>) {
             tracing::warn!(error = %err, jobs = group.len(), "group commit failed; retrying its requests one by one");
             for job in group {
                 let result = store(pool, job.events).await;
+                if let Ok(stored) = &result {
+                    notifier.committed(stored);
+                }
                 let _ = job.reply.send(result);
             }
         }

@@ -8,8 +8,11 @@
 //! 2. `ingest` group-commits it: several requests' events go into one transaction, which
 //!    advances each stream's counter row (`db::models::event::insert_all`) so that seq order
 //!    is commit order. The request is answered only after that commit.
-//! 3. Readers page through a stream with `GET /v1/streams/{stream}/events?after=N`
-//!    (`api::streams`), reading `seq > N` in order.
+//! 3. After the commit, `streams::notify` wakes this instance's `streams::hub` at once and
+//!    tells other instances through a coalesced `NOTIFY` (`streams::listener` receives it).
+//! 4. Readers page through a stream with `GET /v1/streams/{stream}/events?after=N`
+//!    (`api::streams`), reading `seq > N` in order; with nothing new, the request is held
+//!    in the hub until an event commits (long-poll), or streamed over SSE (`api::sse`).
 //!
 //! `startup` wires it together; `config` reads the settings once; `db` holds the pool, the
 //! migrations, the embedded PostgreSQL and every query; `error` is the API's one error type.
@@ -22,5 +25,7 @@ pub mod db;
 pub mod domain;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod startup;
+pub mod streams;
 pub mod telemetry;

@@ -6,17 +6,24 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
-use actix_web::{App, HttpServer, middleware, web};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::{App, HttpServer, ResponseError as _, middleware, web};
 use diesel_async::AsyncConnection as _;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::KeyCache;
 use crate::config::Settings;
 use crate::db::models::api_key::{self, ApiKey};
 use crate::db::{self, DbPool};
 use crate::domain::{ApiKeySecret, Role};
+use crate::error::ApiError;
 use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::streams::hub::Hub;
+use crate::streams::notify::Notifier;
+use crate::streams::{disconnect, listener};
 
 /// How long a stopping server lets in-flight requests finish.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,6 +38,12 @@ pub struct AppState {
     pub ingest: Ingest,
     /// Recently authenticated keys.
     pub keys: KeyCache,
+    /// Held long-polls and SSE streams.
+    pub hub: Arc<Hub>,
+    /// The after-commit hook that wakes hubs.
+    pub notifier: Arc<Notifier>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A built, bound, not yet running Herald.
@@ -39,6 +52,9 @@ pub struct Application {
     server: Server,
     state: web::Data<AppState>,
     committers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    background_stop: CancellationToken,
+    stop_requested: CancellationToken,
     generated_admin_key: Option<ApiKeySecret>,
 }
 
@@ -66,8 +82,30 @@ impl Application {
         tokio::task::spawn_blocking(move || db::run_migrations(&url)).await??;
         let pool = db::build_pool(database_url, settings.db_pool_size, settings.db_timeout)?;
         let generated_admin_key = bootstrap_admin_key(&pool, settings.admin_key.as_ref()).await?;
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(pool.clone(), metrics.clone(), settings.max_waiters);
+        let instance = uuid::Uuid::now_v7();
+        let notifier = Notifier::new(instance, hub.clone(), metrics.clone());
         let committers = (settings.db_pool_size / 4).clamp(1, 4);
-        let (ingest, committer_handles) = Ingest::start(pool.clone(), committers);
+        let (ingest, committer_handles) = Ingest::start(pool.clone(), committers, notifier.clone());
+        let background_stop = CancellationToken::new();
+        let background = vec![
+            tokio::spawn(notifier.clone().run(pool.clone(), background_stop.clone())),
+            tokio::spawn(listener::run_listener(
+                database_url.to_owned(),
+                settings.db_timeout,
+                instance,
+                hub.clone(),
+                metrics.clone(),
+                background_stop.clone(),
+            )),
+            tokio::spawn(listener::run_fallback_check(
+                pool.clone(),
+                hub.clone(),
+                settings.fallback_interval,
+                background_stop.clone(),
+            )),
+        ];
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {
@@ -75,14 +113,20 @@ impl Application {
             settings: Arc::new(settings),
             ingest,
             keys: KeyCache::default(),
+            hub,
+            notifier,
+            metrics,
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(middleware::from_fn(refuse_while_stopping))
                 .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms"))
                 .configure(crate::api::routes)
         })
+        .on_connect(disconnect::on_connect)
+        .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
         if let Some(workers) = state.settings.http_workers {
             server = server.workers(workers);
@@ -93,6 +137,9 @@ impl Application {
             server,
             state,
             committers: committer_handles,
+            background,
+            background_stop,
+            stop_requested: CancellationToken::new(),
             generated_admin_key,
         })
     }
@@ -102,9 +149,14 @@ impl Application {
         self.port
     }
 
-    /// A handle to stop the server (tests use it; in production signals do).
+    /// A handle to stop the server abruptly (tests use it).
     pub fn handle(&self) -> ServerHandle {
         self.server.handle()
+    }
+
+    /// Cancelling this token shuts Herald down as SIGTERM does.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.stop_requested.clone()
     }
 
     /// The shared state (tests inspect it).
@@ -117,21 +169,84 @@ impl Application {
         self.generated_admin_key.take()
     }
 
-    /// Serves until stopped, then waits for queued events to be committed.
+    /// Serves until SIGTERM, SIGINT or [`Application::stop_token`], then shuts down:
+    /// held long-polls are answered at once (empty, same cursor, `Connection: close`), SSE
+    /// streams end, new requests get `503`, in-flight requests get up to 10 s to finish,
+    /// and queued events are committed before this returns.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let Self {
             server,
             state,
             committers,
+            background,
+            background_stop,
+            stop_requested,
             ..
         } = self;
-        let result = server.await;
+        let handle = server.handle();
+        let mut server = std::pin::pin!(server);
+        let result = tokio::select! {
+            result = &mut server => result,
+            () = stop_signal(&stop_requested) => {
+                tracing::info!("shutting down");
+                state.hub.shut_down();
+                drop(handle.stop(true));
+                server.await
+            }
+        };
+        state.hub.shut_down();
         drop(state);
         for handle in committers {
             let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, handle).await;
         }
+        background_stop.cancel();
+        for handle in background {
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, handle).await;
+        }
         result
     }
+}
+
+/// Resolves on SIGTERM, SIGINT, or when `token` is cancelled.
+async fn stop_signal(token: &CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = token.cancelled() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+/// While shutting down, every request but `/healthz` is answered `503` with
+/// `Connection: close`, so that clients go to another instance.
+async fn refuse_while_stopping(
+    req: ServiceRequest,
+    next: middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let stopping = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|state| state.hub.is_shutting_down());
+    if stopping && req.path() != "/healthz" {
+        let mut response = ApiError::Unavailable {
+            detail: "Herald is shutting down; retry on another instance".into(),
+            retry_after: 1,
+        }
+        .error_response();
+        response
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    next.call(req)
+        .await
+        .map(ServiceResponse::map_into_left_body)
 }
 
 /// Makes sure an admin key exists: `HERALD_ADMIN_KEY` if given, otherwise a generated one

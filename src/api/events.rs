@@ -169,7 +169,10 @@ async fn store(
         )
         .await?;
     match outcome {
-        Ok(events) => Ok((events, false)),
+        Ok(events) => {
+            state.notifier.committed(&events);
+            Ok((events, false))
+        }
         Err(record) if record.request_hash != hash => Err(ApiError::Conflict(format!(
             "Idempotency-Key {key:?} was already used at {} for a different request; \
              use a new key for a new request",

@@ -4,6 +4,8 @@ mod body;
 pub mod events;
 pub mod health;
 pub mod keys;
+pub mod metrics;
+mod sse;
 pub mod streams;
 
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -13,6 +15,7 @@ use crate::error::ApiError;
 /// Registers every route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::routes)
+        .configure(metrics::routes)
         .service(
             web::scope("/v1")
                 .configure(events::routes)

@@ -1,17 +1,31 @@
-//! `GET /v1/streams/{stream}/events` (poll) and `GET /v1/streams/{stream}`.
+//! `GET /v1/streams/{stream}/events` (poll and long-poll) and `GET /v1/streams/{stream}`.
+//!
+//! A poll with nothing after its cursor is held (`wait`, `Prefer: wait=N`, or
+//! `HERALD_LONGPOLL_DEFAULT_WAIT`; clamped to `HERALD_LONGPOLL_MAX_WAIT`; plus up to 1/16 of
+//! jitter) until the stream's hub slot reports new events, the wait runs out, the client
+//! goes away, or Herald shuts down. `wait=0` is a plain poll. See `docs/long-polling.md`.
 //!
 //! Stream names may contain `/`, so the name is matched greedily up to the final
 //! `/events`; a name that itself ends in `/events` must be sent with `%2F` for its slashes.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use diesel_async::AsyncPgConnection;
+use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
-use super::events::EventDto;
 use crate::auth::Principal;
+use crate::config::Settings;
 use crate::db::models::{event, stream};
 use crate::domain::StreamName;
 use crate::error::ApiError;
+use crate::metrics::inc;
 use crate::startup::AppState;
+use crate::streams::disconnect;
+use crate::streams::hub::{EventJson, Taken};
 
 /// Default and largest `limit`.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -24,11 +38,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/streams/{stream:.+}/events",
         web::get().to(list_stream_events),
     )
+    .route(
+        "/streams/{stream:.+}/sse",
+        web::get().to(super::sse::stream_sse),
+    )
     .route("/streams/{stream:.+}", web::get().to(get_stream));
 }
 
 /// Parses the `{stream}` path segment (percent-encoded slashes allowed).
-fn stream_from_path(raw: &str) -> Result<StreamName, ApiError> {
+pub fn stream_from_path(raw: &str) -> Result<StreamName, ApiError> {
     let decoded = raw.replace("%2F", "/").replace("%2f", "/");
     StreamName::parse(&decoded).map_err(|d| ApiError::invalid("stream", d))
 }
@@ -37,25 +55,62 @@ fn stream_from_path(raw: &str) -> Result<StreamName, ApiError> {
 struct PollQuery {
     after: Option<String>,
     limit: Option<String>,
+    wait: Option<String>,
 }
 
 /// The validated query of a poll.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Poll {
     after: i64,
     limit: i64,
+    /// How long to hold the request (already clamped, before jitter); zero for a plain poll.
+    wait: Duration,
+    /// `Preference-Applied` value when the wait came from `Prefer: wait=N`.
+    preference_applied: Option<String>,
+}
+
+/// Parses a cursor (`after`, `Last-Event-ID`): a seq number >= 0.
+pub fn parse_cursor(field: &str, raw: &str) -> Result<i64, ApiError> {
+    raw.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| ApiError::invalid(field, format!("must be a seq number >= 0 (got {raw:?})")))
+}
+
+/// The `wait=N` of a `Prefer` header (RFC 7240), if any.
+fn preferred_wait(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("wait="))
+        .map(|v| v.trim().trim_matches('"'))
+        .next()
+}
+
+fn parse_wait(field: &str, raw: &str) -> Result<Duration, ApiError> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                format!("must be a number of seconds >= 0 (got {raw:?})"),
+            )
+        })
 }
 
 impl Poll {
-    fn parse(req: &HttpRequest) -> Result<Self, ApiError> {
+    fn parse(req: &HttpRequest, settings: &Settings) -> Result<Self, ApiError> {
         let query = web::Query::<PollQuery>::from_query(req.query_string())
             .map_err(|e| ApiError::Malformed(format!("bad query string: {e}")))?
             .into_inner();
         let after = match query.after.as_deref() {
             None | Some("") => 0,
-            Some(raw) => raw.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                ApiError::invalid("after", format!("must be a seq number >= 0 (got {raw:?})"))
-            })?,
+            Some(raw) => parse_cursor("after", raw)?,
         };
         let limit = match query.limit.as_deref() {
             None | Some("") => DEFAULT_LIMIT,
@@ -67,14 +122,103 @@ impl Poll {
                     ApiError::invalid("limit", format!("must be 1 to {MAX_LIMIT} (got {raw:?})"))
                 })?,
         };
-        Ok(Self { after, limit })
+        let (wait, from_prefer) = match (query.wait.as_deref(), preferred_wait(req)) {
+            (Some(raw), _) if !raw.is_empty() => (parse_wait("wait", raw)?, false),
+            (_, Some(raw)) => (parse_wait("Prefer", raw)?, true),
+            _ => (settings.longpoll_default_wait, false),
+        };
+        let wait = wait.min(settings.longpoll_max_wait);
+        let preference_applied = from_prefer.then(|| format!("wait={}", fmt_secs(wait)));
+        Ok(Self {
+            after,
+            limit,
+            wait,
+            preference_applied,
+        })
     }
 }
 
-#[derive(Debug, Serialize)]
-struct PageDto {
-    events: Vec<EventDto>,
-    next_after: i64,
+fn fmt_secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        d.as_secs().to_string()
+    } else {
+        format!("{:.3}", d.as_secs_f64())
+    }
+}
+
+/// The wait plus up to 1/16 of it, so that clients that started together come back apart.
+pub fn jittered(wait: Duration) -> Duration {
+    let extra = wait.as_secs_f64() / 16.0;
+    wait + Duration::from_secs_f64(rand::rng().random_range(0.0..=extra))
+}
+
+/// Reads up to `limit` events after `after`, or `410` if the cursor points into purged
+/// history. Seqs are gapless, so a first event beyond after+1 means the ones between were
+/// purged.
+pub async fn read_page(
+    conn: &mut AsyncPgConnection,
+    stream: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Arc<EventJson>>, ApiError> {
+    let events = event::list_after(conn, stream, after, limit).await?;
+    match events.first() {
+        Some(first) if first.seq > after + 1 => {
+            return Err(ApiError::Gone {
+                earliest_after: first.seq - 1,
+            });
+        }
+        None => {
+            // Nothing after the cursor: caught up, or everything after it was purged. (An
+            // event committed since the read above shows up as earliest <= after + 1.)
+            let bounds = stream::bounds(conn, stream).await?;
+            let earliest_after = bounds.earliest_seq.map_or(bounds.last_seq, |s| s - 1);
+            if earliest_after > after {
+                return Err(ApiError::Gone { earliest_after });
+            }
+        }
+        Some(_) => {}
+    }
+    Ok(events
+        .into_iter()
+        .map(|e| Arc::new(EventJson::new(e)))
+        .collect())
+}
+
+/// `{"events": [...], "next_after": N}` from pre-serialized events.
+fn page(events: &[Arc<EventJson>], after: i64, poll: &Poll, close: bool) -> HttpResponse {
+    let next_after = events.last().map_or(after, |e| e.seq);
+    let mut body =
+        String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 40);
+    body.push_str("{\"events\":[");
+    for (i, event) in events.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&event.json);
+    }
+    body.push_str("],\"next_after\":");
+    body.push_str(&next_after.to_string());
+    body.push('}');
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type("application/json")
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    if let Some(applied) = &poll.preference_applied {
+        response.insert_header(("Preference-Applied", applied.as_str()));
+    }
+    if close {
+        response.force_close();
+    }
+    response.body(body)
+}
+
+/// Answers a held request past `HERALD_MAX_WAITERS` or during shutdown.
+pub fn unavailable(detail: &str) -> ApiError {
+    ApiError::Unavailable {
+        detail: detail.into(),
+        retry_after: 1 + rand::rng().random_range(0..3),
+    }
 }
 
 async fn list_stream_events(
@@ -85,32 +229,64 @@ async fn list_stream_events(
 ) -> Result<HttpResponse, ApiError> {
     let stream = stream_from_path(&path)?;
     principal.require_read(&stream)?;
-    let poll = Poll::parse(&req)?;
-    let mut conn = state.pool.get().await?;
-    let events = event::list_after(&mut conn, stream.as_str(), poll.after, poll.limit).await?;
-    // Seqs are gapless, so a first event beyond after+1 means the ones between were purged.
-    match events.first() {
-        Some(first) if first.seq > poll.after + 1 => {
-            return Err(ApiError::Gone {
-                earliest_after: first.seq - 1,
-            });
-        }
-        None => {
-            // Nothing after the cursor: caught up, or everything after it was purged. (An
-            // event committed since the read above shows up as earliest <= after + 1.)
-            let bounds = stream::bounds(&mut conn, stream.as_str()).await?;
-            let earliest_after = bounds.earliest_seq.map_or(bounds.last_seq, |s| s - 1);
-            if earliest_after > poll.after {
-                return Err(ApiError::Gone { earliest_after });
+    let poll = Poll::parse(&req, &state.settings)?;
+    let (after, limit) = (poll.after, poll.limit);
+    if poll.wait.is_zero() {
+        let mut conn = state.pool.get().await?;
+        let events = read_page(&mut conn, stream.as_str(), after, limit).await?;
+        return Ok(page(&events, after, &poll, false));
+    }
+    if state.hub.is_shutting_down() {
+        return Err(unavailable(
+            "Herald is shutting down; poll another instance",
+        ));
+    }
+    // Subscribe before reading, so that a commit between the read and the wait still
+    // wakes this request.
+    let mut subscription = state.hub.subscribe(stream.as_str(), after).map_err(|_| {
+        inc(&state.metrics.longpolls_rejected);
+        unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
+    })?;
+    let events = {
+        let mut conn = state.pool.get().await?;
+        read_page(&mut conn, stream.as_str(), after, limit).await?
+    };
+    if !events.is_empty() {
+        return Ok(page(&events, after, &poll, false));
+    }
+
+    let timeout = tokio::time::sleep(jittered(poll.wait));
+    let shutdown = state.hub.shutdown_token();
+    let closed = disconnect::closed(disconnect::watch(&req));
+    tokio::pin!(timeout, closed);
+    let limit_usize = usize::try_from(limit).unwrap_or(100);
+    loop {
+        tokio::select! {
+            () = &mut timeout => {
+                inc(&state.metrics.longpolls_timed_out);
+                return Ok(page(&[], after, &poll, false));
+            }
+            () = shutdown.cancelled() => return Ok(page(&[], after, &poll, true)),
+            () = &mut closed => {
+                inc(&state.metrics.waiters_disconnected);
+                return Ok(HttpResponse::Ok().force_close().finish());
+            }
+            () = subscription.changed() => {
+                let events = match subscription.take(after, limit_usize) {
+                    Taken::Events(events) => events,
+                    Taken::Nothing => continue,
+                    Taken::Gap => {
+                        let mut conn = state.pool.get().await?;
+                        read_page(&mut conn, stream.as_str(), after, limit).await?
+                    }
+                };
+                if !events.is_empty() {
+                    inc(&state.metrics.longpolls_answered);
+                    return Ok(page(&events, after, &poll, false));
+                }
             }
         }
-        Some(_) => {}
     }
-    let next_after = events.last().map_or(poll.after, |e| e.seq);
-    Ok(HttpResponse::Ok().json(PageDto {
-        events: events.into_iter().map(EventDto::from).collect(),
-        next_after,
-    }))
 }
 
 #[derive(Debug, Serialize)]

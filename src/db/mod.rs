@@ -53,6 +53,15 @@ pub fn establish(
     url: &str,
     timeout: Duration,
 ) -> BoxFuture<'_, diesel::ConnectionResult<AsyncPgConnection>> {
+    establish_named(url, timeout, "herald")
+}
+
+/// [`establish`], with the `application_name` PostgreSQL shows for the connection.
+pub fn establish_named<'a>(
+    url: &'a str,
+    timeout: Duration,
+    application_name: &'a str,
+) -> BoxFuture<'a, diesel::ConnectionResult<AsyncPgConnection>> {
     async move {
         let mut config: tokio_postgres::Config = url
             .parse()
@@ -61,7 +70,7 @@ pub fn establish(
             .connect_timeout(timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(30))
-            .application_name("herald");
+            .application_name(application_name);
         let (client, connection) =
             tokio::time::timeout(timeout, config.connect(tokio_postgres::NoTls))
                 .await

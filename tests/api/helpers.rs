@@ -190,6 +190,8 @@ pub struct TestApp {
     pub database_url: String,
     /// An HTTP client.
     pub client: reqwest::Client,
+    /// Cancelling it shuts the app down as SIGTERM would.
+    pub stop: tokio_util::sync::CancellationToken,
     handle: ServerHandle,
 }
 
@@ -230,6 +232,7 @@ pub async fn spawn_app_on(settings: Settings, db_name: String, database_url: Str
         .expect("build the application");
     let address = format!("http://127.0.0.1:{}", app.port());
     let handle = app.handle();
+    let stop = app.stop_token();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
@@ -240,6 +243,7 @@ pub async fn spawn_app_on(settings: Settings, db_name: String, database_url: Str
             .no_proxy()
             .build()
             .expect("client"),
+        stop,
         handle,
     }
 }
@@ -292,6 +296,30 @@ impl TestApp {
         assert_eq!(response.status(), 201);
         let body: Value = response.json().await.expect("key json");
         body["key"].as_str().expect("key").to_owned()
+    }
+
+    /// A counter or gauge from `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> u64 {
+        let text = self.get("/metrics").await.text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+    }
+
+    /// Waits until a metric reaches `value` (up to 10 s).
+    pub async fn wait_for_metric(&self, name: &str, value: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let current = self.metric(name).await;
+            if current == value {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{name} stayed at {current}, expected {value}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// A client connection to this app's database.

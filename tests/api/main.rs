@@ -14,4 +14,6 @@ mod health;
 mod helpers;
 mod idempotency;
 mod keys;
+mod longpoll;
+mod sse;
 mod streams;

@@ -38,7 +38,7 @@ async fn a_poll_returns_the_events_after_the_cursor() {
     assert_eq!(rest["next_after"], 5);
 
     let caught_up: Value = app
-        .get("/v1/streams/orders/events?after=5")
+        .get("/v1/streams/orders/events?after=5&wait=0")
         .await
         .json()
         .await
@@ -58,7 +58,7 @@ async fn a_poll_returns_the_events_after_the_cursor() {
 async fn an_unknown_stream_is_empty() {
     let app = spawn_app().await;
     let page: Value = app
-        .get("/v1/streams/nothing-here/events")
+        .get("/v1/streams/nothing-here/events?wait=0")
         .await
         .json()
         .await

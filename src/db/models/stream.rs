@@ -32,3 +32,15 @@ pub async fn bounds(conn: &mut AsyncPgConnection, stream: &str) -> QueryResult<S
         earliest_seq,
     })
 }
+
+/// The counters of these streams (streams that never had an event are left out).
+pub async fn last_seqs(
+    conn: &mut AsyncPgConnection,
+    names: &[String],
+) -> QueryResult<Vec<(String, i64)>> {
+    streams::table
+        .filter(streams::name.eq_any(names))
+        .select((streams::name, streams::last_seq))
+        .load(conn)
+        .await
+}

@@ -1,0 +1,176 @@
+//! `GET /v1/streams/{stream}/sse`: the stream as Server-Sent Events, on the same hub as
+//! long-polls.
+//!
+//! Each event is `id: <seq>`, `event: <type>`, `data: <event JSON>`. A client resumes from
+//! `Last-Event-ID` (EventSource sends it by itself on reconnect) or `?after=N`: it gets
+//! exactly the events after that seq, then new ones as they commit. Idle streams get a
+//! comment line every `HERALD_SSE_HEARTBEAT` (which also tells Herald when a client has
+//! gone). After `HERALD_SSE_MAX_LIFETIME` the stream ends and the client reconnects,
+//! possibly to another instance, which spreads clients after a deploy or scale-out.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::web::Bytes;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::stream;
+use tokio::time::{Instant, Interval};
+use tokio_util::sync::CancellationToken;
+
+use super::streams::{parse_cursor, read_page, stream_from_path, unavailable};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::metrics::inc;
+use crate::startup::AppState;
+use crate::streams::disconnect;
+use crate::streams::hub::{EventJson, Subscription, Taken};
+
+/// Events read from the database per chunk while catching up.
+const CATCH_UP_LIMIT: i64 = 500;
+/// What EventSource should wait before reconnecting, in milliseconds.
+const RETRY_MS: u32 = 1000;
+
+#[derive(Debug, serde::Deserialize)]
+struct SseQuery {
+    after: Option<String>,
+}
+
+pub(super) async fn stream_sse(
+    req: HttpRequest,
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let stream = stream_from_path(&path)?;
+    principal.require_read(&stream)?;
+    let query = web::Query::<SseQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::Malformed(format!("bad query string: {e}")))?;
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("?"));
+    let cursor = match (last_event_id, query.after.as_deref()) {
+        (Some(raw), _) if !raw.is_empty() => parse_cursor("Last-Event-ID", raw)?,
+        (_, Some(raw)) if !raw.is_empty() => parse_cursor("after", raw)?,
+        _ => 0,
+    };
+    if state.hub.is_shutting_down() {
+        return Err(unavailable(
+            "Herald is shutting down; connect to another instance",
+        ));
+    }
+    let subscription = state.hub.subscribe(stream.as_str(), cursor).map_err(|_| {
+        inc(&state.metrics.longpolls_rejected);
+        unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
+    })?;
+    // The first read happens before answering, so that an expired cursor is a real 410.
+    let first = {
+        let mut conn = state.pool.get().await?;
+        read_page(&mut conn, stream.as_str(), cursor, CATCH_UP_LIMIT).await?
+    };
+    let settings = &state.settings;
+    let mut heartbeat = tokio::time::interval(settings.sse_heartbeat);
+    heartbeat.reset(); // the first tick after one interval, not now
+    let sse = Sse {
+        state: state.clone(),
+        stream: stream.into_inner(),
+        cursor,
+        catching_up: first.len() as i64 == CATCH_UP_LIMIT,
+        pending: Some(first),
+        subscription,
+        heartbeat,
+        end_at: Instant::now() + settings.sse_max_lifetime,
+        shutdown: state.hub.shutdown_token(),
+        closed: Box::pin(disconnect::closed(disconnect::watch(&req))),
+        started: false,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream::unfold(sse, |mut sse| async move {
+            sse.next_chunk()
+                .await
+                .map(|chunk| (Ok::<_, ApiError>(chunk), sse))
+        })))
+}
+
+struct Sse {
+    state: web::Data<AppState>,
+    stream: String,
+    cursor: i64,
+    catching_up: bool,
+    pending: Option<Vec<Arc<EventJson>>>,
+    subscription: Subscription,
+    heartbeat: Interval,
+    end_at: Instant,
+    shutdown: CancellationToken,
+    closed: Pin<Box<dyn Future<Output = ()>>>,
+    started: bool,
+}
+
+impl Sse {
+    /// The next bytes to send, or `None` to end the stream.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if !self.started {
+            self.started = true;
+            let mut chunk = format!("retry: {RETRY_MS}\n\n");
+            if let Some(events) = self.pending.take() {
+                chunk.push_str(&self.format(&events));
+            }
+            return Some(Bytes::from(chunk));
+        }
+        loop {
+            if self.catching_up {
+                let events = match self.read().await {
+                    Ok(events) => events,
+                    // The cursor fell out of retention or the database is gone: end the
+                    // stream; the client's reconnect gets the proper answer.
+                    Err(_) => return None,
+                };
+                self.catching_up = events.len() as i64 == CATCH_UP_LIMIT;
+                if !events.is_empty() {
+                    return Some(Bytes::from(self.format(&events)));
+                }
+                continue;
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = tokio::time::sleep_until(self.end_at) => return None,
+                () = &mut self.closed => {
+                    inc(&self.state.metrics.waiters_disconnected);
+                    return None;
+                }
+                _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": heartbeat\n\n")),
+                () = self.subscription.changed() => {
+                    match self.subscription.take(self.cursor, CATCH_UP_LIMIT as usize) {
+                        Taken::Events(events) => return Some(Bytes::from(self.format(&events))),
+                        Taken::Nothing => {}
+                        Taken::Gap => self.catching_up = true,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn read(&self) -> Result<Vec<Arc<EventJson>>, ApiError> {
+        let mut conn = self.state.pool.get().await?;
+        read_page(&mut conn, &self.stream, self.cursor, CATCH_UP_LIMIT).await
+    }
+
+    /// Formats events and moves the cursor past them.
+    fn format(&mut self, events: &[Arc<EventJson>]) -> String {
+        let mut out = String::new();
+        for event in events {
+            out.push_str(&format!(
+                "id: {}\nevent: {}\ndata: {}\n\n",
+                event.seq, event.event_type, event.json
+            ));
+            self.cursor = event.seq;
+        }
+        self.heartbeat.reset();
+        out
+    }
+}

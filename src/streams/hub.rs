@@ -1,0 +1,361 @@
+//! The waiters of this instance, per stream, and the one read that serves them all.
+//!
+//! A held request (long-poll or SSE) subscribes to its stream's slot *before* it reads the
+//! database, so no commit can slip between its read and its wait. When a stream changes
+//! (a hint from this instance's commits, from another instance's `NOTIFY`, or from the
+//! fallback check), the hub runs a single fetch for that stream: it waits a couple of
+//! milliseconds so that events committing together arrive together, reads every event after
+//! the last seq it knows, keeps them (already serialized) in the slot's short history, and
+//! wakes the subscribers. Each subscriber takes what is newer than its own cursor. A stream
+//! nobody waits on costs nothing; 10,000 waiters on one stream cost one read per change.
+//!
+//! Holding a request holds no database connection.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::events::EventDto;
+use crate::db::DbPool;
+use crate::db::models::event::{self, Event};
+use crate::metrics::{Metrics, inc};
+
+/// How long a fetch waits after its first hint, to take events that commit together in one read.
+pub const BATCH_DELAY: Duration = Duration::from_millis(2);
+/// Events a fetch reads at a time.
+const FETCH_LIMIT: i64 = 1000;
+/// Events kept per watched stream for subscribers that wake up later.
+const HISTORY: usize = 1024;
+
+/// An event as JSON, serialized once for all the waiters it is sent to.
+#[derive(Debug)]
+pub struct EventJson {
+    /// Its seq.
+    pub seq: i64,
+    /// Its type (SSE's `event:` line).
+    pub event_type: String,
+    /// The event as the API shows it.
+    pub json: String,
+}
+
+impl EventJson {
+    /// Serializes a stored event.
+    pub fn new(event: Event) -> Self {
+        let seq = event.seq;
+        let event_type = event.event_type.clone();
+        let json = serde_json::to_string(&EventDto::from(event)).unwrap_or_default();
+        Self {
+            seq,
+            event_type,
+            json,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct SlotState {
+    /// The highest seq this slot has read (or the cursor its first waiter held).
+    known: i64,
+    /// The most recent events read, oldest first.
+    recent: VecDeque<Arc<EventJson>>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    state: Mutex<SlotState>,
+    changed: watch::Sender<i64>,
+    subscribers: AtomicUsize,
+    fetching: AtomicBool,
+    dirty: AtomicBool,
+}
+
+impl Slot {
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The hub could not take another waiter.
+#[derive(Debug, thiserror::Error)]
+#[error("too many held requests")]
+pub struct HubFull;
+
+/// The per-instance registry of held requests.
+pub struct Hub {
+    pool: DbPool,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    max_waiters: usize,
+    waiters: AtomicUsize,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    shutdown: CancellationToken,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("waiters", &self.waiters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hub {
+    /// A hub whose fetches run on the current runtime.
+    pub fn new(pool: DbPool, metrics: Arc<Metrics>, max_waiters: usize) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            metrics,
+            runtime: tokio::runtime::Handle::current(),
+            max_waiters,
+            waiters: AtomicUsize::new(0),
+            slots: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    fn slots(&self) -> MutexGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Requests held now.
+    pub fn waiters(&self) -> usize {
+        self.waiters.load(Ordering::Relaxed)
+    }
+
+    /// Streams with at least one held request.
+    pub fn watched_streams(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// Each watched stream with the last seq this hub has seen of it.
+    pub fn watched(&self) -> Vec<(String, i64)> {
+        self.slots()
+            .values()
+            .map(|slot| (slot.name.clone(), slot.state().known))
+            .collect()
+    }
+
+    /// Starts answering every held request now (shutdown).
+    pub fn shut_down(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Registers a waiter on `stream` whose cursor is `after`.
+    pub fn subscribe(self: &Arc<Self>, stream: &str, after: i64) -> Result<Subscription, HubFull> {
+        let taken = self.waiters.fetch_add(1, Ordering::AcqRel);
+        if taken >= self.max_waiters {
+            self.waiters.fetch_sub(1, Ordering::AcqRel);
+            return Err(HubFull);
+        }
+        let slot = {
+            let mut slots = self.slots();
+            let slot = slots
+                .entry(stream.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Slot {
+                        name: stream.to_owned(),
+                        state: Mutex::new(SlotState {
+                            known: after,
+                            recent: VecDeque::new(),
+                        }),
+                        changed: watch::channel(after).0,
+                        subscribers: AtomicUsize::new(0),
+                        fetching: AtomicBool::new(false),
+                        dirty: AtomicBool::new(false),
+                    })
+                })
+                .clone();
+            slot.subscribers.fetch_add(1, Ordering::AcqRel);
+            slot
+        };
+        {
+            // A cursor below what the slot knows can only come from a stream that has not
+            // reached the slot's first cursor yet: read from the lower cursor from now on.
+            let mut state = slot.state();
+            if after < state.known {
+                state.known = after;
+                state.recent.clear();
+            }
+        }
+        let changed = slot.changed.subscribe();
+        Ok(Subscription {
+            hub: self.clone(),
+            slot,
+            changed,
+        })
+    }
+
+    /// Says that `stream` may have changed, up to `last_seq` if known. If anyone waits on
+    /// it and the change is news, one fetch is scheduled (or the running one reads again).
+    pub fn hint(self: &Arc<Self>, stream: &str, last_seq: Option<i64>) {
+        let Some(slot) = self.slots().get(stream).cloned() else {
+            return;
+        };
+        if last_seq.is_some_and(|seq| seq <= slot.state().known) {
+            return;
+        }
+        self.schedule_fetch(slot);
+    }
+
+    /// Makes every watched stream re-check (after the LISTEN connection was lost).
+    pub fn hint_all(self: &Arc<Self>) {
+        let slots: Vec<Arc<Slot>> = self.slots().values().cloned().collect();
+        for slot in slots {
+            self.schedule_fetch(slot);
+        }
+    }
+
+    fn schedule_fetch(self: &Arc<Self>, slot: Arc<Slot>) {
+        slot.dirty.store(true, Ordering::Release);
+        if !slot.fetching.swap(true, Ordering::AcqRel) {
+            self.runtime.spawn(self.clone().fetch(slot));
+        }
+    }
+
+    async fn fetch(self: Arc<Self>, slot: Arc<Slot>) {
+        tokio::time::sleep(BATCH_DELAY).await;
+        loop {
+            slot.dirty.store(false, Ordering::Release);
+            let from = slot.state().known;
+            match self.read(&slot.name, from).await {
+                Ok(events) => {
+                    let full = events.len() as i64 == FETCH_LIMIT;
+                    self.publish(&slot, from, events);
+                    if full {
+                        continue;
+                    }
+                }
+                Err(err) => {
+                    // Waiters keep waiting; the fallback check will hint again.
+                    tracing::warn!(stream = %slot.name, error = %err, "stream read failed");
+                    slot.fetching.store(false, Ordering::Release);
+                    return;
+                }
+            }
+            if slot.dirty.load(Ordering::Acquire) {
+                continue;
+            }
+            slot.fetching.store(false, Ordering::Release);
+            // A hint that came between the check and the store saw `fetching` set and left
+            // the work to us: take it back if nobody else has.
+            if !slot.dirty.load(Ordering::Acquire) || slot.fetching.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    }
+
+    async fn read(&self, stream: &str, after: i64) -> Result<Vec<Event>, crate::error::ApiError> {
+        let mut conn = self.pool.get().await?;
+        inc(&self.metrics.hub_reads);
+        Ok(event::list_after(&mut conn, stream, after, FETCH_LIMIT).await?)
+    }
+
+    fn publish(&self, slot: &Slot, from: i64, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let known = {
+            let mut state = slot.state();
+            if state.known != from {
+                // The cursor was lowered while we read; the next round reads from there.
+                slot.dirty.store(true, Ordering::Release);
+                return;
+            }
+            for event in events {
+                state.known = event.seq;
+                state.recent.push_back(Arc::new(EventJson::new(event)));
+            }
+            while state.recent.len() > HISTORY {
+                state.recent.pop_front();
+            }
+            state.known
+        };
+        slot.changed.send_replace(known);
+    }
+}
+
+/// What a subscriber finds after a wake-up.
+#[derive(Debug)]
+pub enum Taken {
+    /// Events after its cursor, in seq order.
+    Events(Vec<Arc<EventJson>>),
+    /// Nothing newer than its cursor.
+    Nothing,
+    /// Its cursor is older than the slot's history: read the database.
+    Gap,
+}
+
+/// One held request's registration. Dropping it unregisters.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    slot: Arc<Slot>,
+    changed: watch::Receiver<i64>,
+}
+
+impl Subscription {
+    /// Waits until the slot has read something new.
+    pub async fn changed(&mut self) {
+        if self.changed.changed().await.is_err() {
+            // The slot (and its sender) lives as long as this subscription; unreachable,
+            // but never spin.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Up to `limit` events after `after` from the slot's history.
+    pub fn take(&self, after: i64, limit: usize) -> Taken {
+        let state = self.slot.state();
+        let Some(last) = state.recent.back() else {
+            return Taken::Nothing;
+        };
+        if last.seq <= after {
+            return Taken::Nothing;
+        }
+        if state
+            .recent
+            .front()
+            .is_some_and(|first| first.seq > after + 1)
+        {
+            return Taken::Gap;
+        }
+        Taken::Events(
+            state
+                .recent
+                .iter()
+                .filter(|e| e.seq > after)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.waiters.fetch_sub(1, Ordering::AcqRel);
+        let mut slots = self.hub.slots();
+        if self.slot.subscribers.fetch_sub(1, Ordering::AcqRel) == 1
+            && slots
+                .get(&self.slot.name)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
+        {
+            slots.remove(&self.slot.name);
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Long-poll: held requests, timeout tuning, wake-ups across instances, limits, shutdown.
+
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{
+    ADMIN_KEY, TestApp, assert_problem, spawn_app, spawn_app_on, spawn_app_with, test_settings,
+};
+
+/// Starts a long-poll in the background; returns its handle (status, body, headers, when it was answered).
+fn hold(
+    app: &TestApp,
+    path: &str,
+) -> tokio::task::JoinHandle<(u16, Value, reqwest::header::HeaderMap, Instant)> {
+    let request = app.request(Method::GET, path, ADMIN_KEY);
+    tokio::spawn(async move {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body, headers, Instant::now())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_poll_is_answered_within_tens_of_milliseconds_of_the_commit() {
+    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    app.publish("payment:pay_1", "payment.created", json!(1))
+        .await;
+    let poll = hold(&app, "/v1/streams/payment:pay_1/events?after=1&wait=20");
+    app.wait_for_metric("herald_waiters", 1).await;
+
+    let event = app
+        .publish("payment:pay_1", "payment.succeeded", json!({"ok": true}))
+        .await;
+    let committed = Instant::now();
+    let (status, body, _, answered) = poll.await.unwrap();
+    let latency = answered - committed;
+    assert_eq!(status, 200);
+    assert_eq!(body["events"].as_array().unwrap().len(), 1);
+    assert_eq!(body["events"][0], event);
+    assert_eq!(body["next_after"], 2);
+    assert!(
+        latency < Duration::from_millis(100),
+        "answered {latency:?} after the commit"
+    );
+    app.wait_for_metric("herald_waiters", 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_whose_wait_runs_out_answers_empty_with_the_same_cursor() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.publish("s", "t", json!(i)).await;
+    }
+    let started = Instant::now();
+    let response = app.get("/v1/streams/s/events?after=3&wait=1").await;
+    let elapsed = started.elapsed();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"events": [], "next_after": 3})
+    );
+    // wait .. wait * 17/16, plus a little for the round trip.
+    assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
+    assert!(elapsed <= Duration::from_millis(1063 + 150), "{elapsed:?}");
+    assert_eq!(app.metric("herald_longpolls_timed_out_total").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_are_jittered_within_a_sixteenth() {
+    let app = spawn_app().await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let request = app.request(Method::GET, "/v1/streams/quiet/events?wait=1.6", ADMIN_KEY);
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            request.send().await.unwrap();
+            started.elapsed()
+        }));
+    }
+    let mut waits = Vec::new();
+    for task in tasks {
+        waits.push(task.await.unwrap());
+    }
+    for wait in &waits {
+        assert!(*wait >= Duration::from_millis(1600), "{wait:?}");
+        assert!(*wait <= Duration::from_millis(1700 + 150), "{wait:?}");
+    }
+    let spread = *waits.iter().max().unwrap() - *waits.iter().min().unwrap();
+    assert!(
+        spread > Duration::from_millis(5),
+        "8 clients came back in lockstep: {waits:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_wait_is_honoured_and_acknowledged() {
+    let app = spawn_app().await;
+    let started = Instant::now();
+    let response = app
+        .request(Method::GET, "/v1/streams/s/events", ADMIN_KEY)
+        .header("Prefer", "respond-async, wait=1")
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(response.headers()["preference-applied"], "wait=1");
+    // An explicit `wait` parameter wins and no preference is reported applied.
+    let response = app
+        .request(Method::GET, "/v1/streams/s/events?wait=0", ADMIN_KEY)
+        .header("Prefer", "wait=5")
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().get("preference-applied").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_are_clamped_to_the_maximum() {
+    let app = spawn_app_with(|s| {
+        s.longpoll_max_wait = Duration::from_secs(1);
+        s.longpoll_default_wait = Duration::from_secs(1);
+    })
+    .await;
+    let started = Instant::now();
+    let response = app
+        .request(Method::GET, "/v1/streams/s/events", ADMIN_KEY)
+        .header("Prefer", "wait=30")
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(response.headers()["preference-applied"], "wait=1");
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_millis(1063 + 150),
+        "{elapsed:?}"
+    );
+
+    let started = Instant::now();
+    app.get("/v1/streams/s/events?wait=600").await;
+    assert!(started.elapsed() < Duration::from_millis(1063 + 150));
+
+    let problem = assert_problem(
+        app.get("/v1/streams/s/events?wait=soon").await,
+        422,
+        "validation",
+    )
+    .await;
+    assert_eq!(problem["field"], "wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_cursor_is_410_at_once() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.publish("s", "t", json!(i)).await;
+    }
+    app.db()
+        .await
+        .execute("DELETE FROM events WHERE seq = 1", &[])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let problem = assert_problem(
+        app.get("/v1/streams/s/events?after=0&wait=20").await,
+        410,
+        "cursor-expired",
+    )
+    .await;
+    assert_eq!(problem["earliest_after"], 1);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_waiter_limit_polls_get_503_with_retry_after() {
+    let app = spawn_app_with(|s| s.max_waiters = 2).await;
+    let first = hold(&app, "/v1/streams/a/events?wait=5");
+    let second = hold(&app, "/v1/streams/b/events?wait=5");
+    app.wait_for_metric("herald_waiters", 2).await;
+    let third = app.get("/v1/streams/c/events?wait=5").await;
+    assert!(third.headers().contains_key("retry-after"));
+    assert_problem(third, 503, "unavailable").await;
+    // A plain poll holds nothing and is still served.
+    assert_eq!(app.get("/v1/streams/c/events?wait=0").await.status(), 200);
+    assert_eq!(app.metric("herald_longpolls_rejected_total").await, 1);
+    app.publish("a", "t", json!(1)).await;
+    assert_eq!(first.await.unwrap().0, 200);
+    app.wait_for_metric("herald_waiters", 1).await;
+    assert_eq!(app.get("/v1/streams/c/events?wait=0.1").await.status(), 200);
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_held_on_one_instance_is_answered_when_another_commits() {
+    let slow_fallback =
+        |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
+    let a = spawn_app_with(slow_fallback).await;
+    let mut settings = test_settings();
+    slow_fallback(&mut settings);
+    let b = spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await;
+    b.wait_for_metric("herald_listener_connects_total", 1).await;
+    a.wait_for_metric("herald_listener_connects_total", 1).await;
+
+    let poll = hold(&a, "/v1/streams/orders/events?wait=20");
+    a.wait_for_metric("herald_waiters", 1).await;
+    let event = b.publish("orders", "order.created", json!({"id": 7})).await;
+    let committed = Instant::now();
+    let (status, body, _, answered) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["events"][0], event);
+    assert!(
+        answered - committed < Duration::from_millis(500),
+        "took {:?}",
+        answered - committed
+    );
+    assert!(a.metric("herald_notifications_received_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listen_connection_is_replaced_and_the_poll_still_gets_its_event() {
+    let slow_fallback =
+        |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
+    let a = spawn_app_with(slow_fallback).await;
+    let mut settings = test_settings();
+    slow_fallback(&mut settings);
+    let b = spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await;
+    a.wait_for_metric("herald_listener_connects_total", 1).await;
+
+    let poll = hold(&a, "/v1/streams/orders/events?wait=20");
+    a.wait_for_metric("herald_waiters", 1).await;
+    let killed: i64 = a
+        .db()
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE application_name = 'herald-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 2, "one listener per instance");
+    // Published while A may still be reconnecting: its NOTIFY can be lost, the re-check
+    // after reconnecting must find the event anyway.
+    let event = b.publish("orders", "order.created", json!(1)).await;
+    let (status, body, _, _) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["events"][0], event);
+    a.wait_for_metric("herald_listener_connects_total", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_notification_is_made_up_by_the_fallback_check() {
+    let a = spawn_app_with(|s| s.fallback_interval = Duration::from_millis(300)).await;
+    let poll = hold(&a, "/v1/streams/quiet/events?wait=20");
+    a.wait_for_metric("herald_waiters", 1).await;
+    // Written behind Herald's back: no hint, no NOTIFY.
+    a.db()
+        .await
+        .batch_execute(
+            "INSERT INTO streams (name, last_seq) VALUES ('quiet', 1); \
+             INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
+             VALUES (gen_random_uuid(), 'quiet', 1, 'sneaky', '{}', now());",
+        )
+        .await
+        .unwrap();
+    let (status, body, _, _) = tokio::time::timeout(Duration::from_secs(3), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["events"][0]["type"], "sneaky");
+}
+
+/// 200 waiters on one stream; one commit answers them all, and the instance read the
+/// stream once for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_commit_answers_200_waiters_with_one_read() {
+    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    app.wait_for_metric("herald_listener_connects_total", 1)
+        .await;
+    let polls: Vec<_> = (0..200)
+        .map(|_| hold(&app, "/v1/streams/fanout/events?wait=30"))
+        .collect();
+    app.wait_for_metric("herald_waiters", 200).await;
+    let reads_before = app.metric("herald_hub_reads_total").await;
+
+    let event = app.publish("fanout", "t", json!("hello, all")).await;
+    for poll in polls {
+        let (status, body, _, _) = poll.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body["events"][0], event);
+    }
+    assert_eq!(app.metric("herald_hub_reads_total").await - reads_before, 1);
+    assert_eq!(app.metric("herald_watched_streams").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_frees_its_waiter_at_once() {
+    let app = spawn_app().await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut socket = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        socket,
+        "GET /v1/streams/s/events?wait=30 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n"
+    )
+    .unwrap();
+    app.wait_for_metric("herald_waiters", 1).await;
+    let closed = Instant::now();
+    drop(socket);
+    app.wait_for_metric("herald_waiters", 0).await;
+    assert!(
+        closed.elapsed() < Duration::from_millis(500),
+        "freed after {:?}",
+        closed.elapsed()
+    );
+    assert_eq!(app.metric("herald_waiters_disconnected_total").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_answers_held_polls_at_once() {
+    let app = spawn_app().await;
+    app.publish("s", "t", json!(1)).await;
+    let poll = hold(&app, "/v1/streams/s/events?after=1&wait=30");
+    app.wait_for_metric("herald_waiters", 1).await;
+    let stopping = Instant::now();
+    app.stop.cancel();
+    let (status, body, headers, answered) = poll.await.unwrap();
+    assert!(
+        answered - stopping < Duration::from_millis(500),
+        "took {:?}",
+        answered - stopping
+    );
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"events": [], "next_after": 1}));
+    assert_eq!(headers["connection"], "close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_long_poll_only_under_their_prefixes() {
+    let app = spawn_app().await;
+    let key = app.create_key("subscriber", &["payment:"]).await;
+    let denied = app
+        .request(Method::GET, "/v1/streams/invoice:1/events?wait=5", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(denied, 403, "forbidden").await;
+    let started = Instant::now();
+    let allowed = app
+        .request(Method::GET, "/v1/streams/payment:1/events?wait=0.2", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}
