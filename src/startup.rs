@@ -21,9 +21,10 @@ use crate::domain::{ApiKeySecret, Role};
 use crate::error::ApiError;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::streams::disconnect::{self, DisconnectWatcher};
 use crate::streams::hub::Hub;
+use crate::streams::listener;
 use crate::streams::notify::Notifier;
-use crate::streams::{disconnect, listener};
 
 /// How long a stopping server lets in-flight requests finish.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,6 +45,8 @@ pub struct AppState {
     pub notifier: Arc<Notifier>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Reports clients of held requests that went away.
+    pub disconnects: Arc<DisconnectWatcher>,
 }
 
 /// A built, bound, not yet running Herald.
@@ -116,6 +119,7 @@ impl Application {
             hub,
             notifier,
             metrics,
+            disconnects: DisconnectWatcher::start()?,
         });
         let app_state = state.clone();
         let mut server = HttpServer::new(move || {

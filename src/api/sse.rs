@@ -19,7 +19,7 @@ use futures_util::stream;
 use tokio::time::{Instant, Interval};
 use tokio_util::sync::CancellationToken;
 
-use super::streams::{parse_cursor, read_page, stream_from_path, unavailable};
+use super::streams::{fetch_page, parse_cursor, stream_from_path, unavailable};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::metrics::inc;
@@ -66,10 +66,7 @@ pub(super) async fn stream_sse(
         unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
     })?;
     // The first read happens before answering, so that an expired cursor is a real 410.
-    let first = {
-        let mut conn = state.pool.get().await?;
-        read_page(&mut conn, stream.as_str(), cursor, CATCH_UP_LIMIT).await?
-    };
+    let first = fetch_page(&state.pool, stream.as_str(), cursor, CATCH_UP_LIMIT).await?;
     let settings = &state.settings;
     let mut heartbeat = tokio::time::interval(settings.sse_heartbeat);
     heartbeat.reset(); // the first tick after one interval, not now
@@ -83,7 +80,12 @@ pub(super) async fn stream_sse(
         heartbeat,
         end_at: Instant::now() + settings.sse_max_lifetime,
         shutdown: state.hub.shutdown_token(),
-        closed: Box::pin(disconnect::closed(disconnect::watch(&req))),
+        closed: Box::pin(
+            state
+                .disconnects
+                .clone()
+                .closed(disconnect::socket_of(&req)),
+        ),
         started: false,
     };
     Ok(HttpResponse::Ok()
@@ -156,8 +158,7 @@ impl Sse {
     }
 
     async fn read(&self) -> Result<Vec<Arc<EventJson>>, ApiError> {
-        let mut conn = self.state.pool.get().await?;
-        read_page(&mut conn, &self.stream, self.cursor, CATCH_UP_LIMIT).await
+        fetch_page(&self.state.pool, &self.stream, self.cursor, CATCH_UP_LIMIT).await
     }
 
     /// Formats events and moves the cursor past them.

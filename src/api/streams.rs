@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
 use crate::config::Settings;
+use crate::db::DbPool;
 use crate::db::models::{event, stream};
 use crate::domain::StreamName;
 use crate::error::ApiError;
@@ -185,6 +186,22 @@ pub async fn read_page(
         .collect())
 }
 
+/// [`read_page`] on a pooled connection, boxed: a held request's future keeps the size of
+/// its largest await point for as long as it is held, and the database futures are large.
+/// Boxing them keeps each of 10,000 held long-polls small.
+pub async fn fetch_page(
+    pool: &DbPool,
+    stream: &str,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<Arc<EventJson>>, ApiError> {
+    Box::pin(async {
+        let mut conn = pool.get().await?;
+        read_page(&mut conn, stream, after, limit).await
+    })
+    .await
+}
+
 /// `{"events": [...], "next_after": N}` from pre-serialized events.
 fn page(events: &[Arc<EventJson>], after: i64, poll: &Poll, close: bool) -> HttpResponse {
     let next_after = events.last().map_or(after, |e| e.seq);
@@ -232,8 +249,7 @@ async fn list_stream_events(
     let poll = Poll::parse(&req, &state.settings)?;
     let (after, limit) = (poll.after, poll.limit);
     if poll.wait.is_zero() {
-        let mut conn = state.pool.get().await?;
-        let events = read_page(&mut conn, stream.as_str(), after, limit).await?;
+        let events = fetch_page(&state.pool, stream.as_str(), after, limit).await?;
         return Ok(page(&events, after, &poll, false));
     }
     if state.hub.is_shutting_down() {
@@ -247,17 +263,17 @@ async fn list_stream_events(
         inc(&state.metrics.longpolls_rejected);
         unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
     })?;
-    let events = {
-        let mut conn = state.pool.get().await?;
-        read_page(&mut conn, stream.as_str(), after, limit).await?
-    };
+    let events = fetch_page(&state.pool, stream.as_str(), after, limit).await?;
     if !events.is_empty() {
         return Ok(page(&events, after, &poll, false));
     }
 
     let timeout = tokio::time::sleep(jittered(poll.wait));
     let shutdown = state.hub.shutdown_token();
-    let closed = disconnect::closed(disconnect::watch(&req));
+    let closed = state
+        .disconnects
+        .clone()
+        .closed(disconnect::socket_of(&req));
     tokio::pin!(timeout, closed);
     let limit_usize = usize::try_from(limit).unwrap_or(100);
     loop {
@@ -275,10 +291,7 @@ async fn list_stream_events(
                 let events = match subscription.take(after, limit_usize) {
                     Taken::Events(events) => events,
                     Taken::Nothing => continue,
-                    Taken::Gap => {
-                        let mut conn = state.pool.get().await?;
-                        read_page(&mut conn, stream.as_str(), after, limit).await?
-                    }
+                    Taken::Gap => fetch_page(&state.pool, stream.as_str(), after, limit).await?,
                 };
                 if !events.is_empty() {
                     inc(&state.metrics.longpolls_answered);

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Json, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -122,13 +122,28 @@ pub async fn insert_all(
             }
         })
         .collect();
-    // One multi-row INSERT per chunk; 6 binds per row stays far below PostgreSQL's 65535.
-    for chunk in rows.chunks(2000) {
-        diesel::insert_into(events::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
+    // One statement with one array per column: the same SQL whatever the row count, so it
+    // is prepared once per connection, and binding five arrays is far cheaper than
+    // 6 x N scalar parameters.
+    let ids: Vec<Uuid> = rows.iter().map(|e| e.id).collect();
+    let streams: Vec<&str> = rows.iter().map(|e| e.stream.as_str()).collect();
+    let seqs: Vec<i64> = rows.iter().map(|e| e.seq).collect();
+    let types: Vec<&str> = rows.iter().map(|e| e.event_type.as_str()).collect();
+    let payloads: Vec<&RawJson> = rows.iter().map(|e| &e.payload).collect();
+    diesel::sql_query(
+        "INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
+         SELECT id, stream, seq, event_type, payload, $6 \
+         FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::json[]) \
+           AS t(id, stream, seq, event_type, payload)",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&streams)
+    .bind::<Array<BigInt>, _>(&seqs)
+    .bind::<Array<Text>, _>(&types)
+    .bind::<Array<Json>, _>(&payloads)
+    .bind::<Timestamptz, _>(now)
+    .execute(conn)
+    .await?;
     Ok(rows)
 }
 

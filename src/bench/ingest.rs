@@ -1,22 +1,13 @@
-//! `herald bench ...`: load generators that drive a running Herald over HTTP and report
-//! throughput and latency. They are tools, not tests: run them against a release build and
-//! record the figures with the exact command in `docs/benchmarks.md`.
+//! `herald bench ingest`: N concurrent clients publish as fast as they can.
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
-use clap::{Args, Subcommand};
+use anyhow::bail;
+use clap::Args;
 use rand::Rng as _;
 use serde_json::json;
 
 use crate::domain::units::parse_duration;
-
-/// The benchmarks.
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Publish events as fast as N concurrent clients can, singly or in batches.
-    Ingest(IngestOptions),
-}
 
 /// Options of `herald bench ingest`.
 #[derive(Debug, Args)]
@@ -47,13 +38,6 @@ pub struct IngestOptions {
     pub payload_bytes: usize,
 }
 
-/// Runs a benchmark.
-pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Ingest(options) => ingest(options).await,
-    }
-}
-
 #[derive(Debug, Default)]
 struct ClientTally {
     latencies_us: Vec<u64>,
@@ -62,21 +46,13 @@ struct ClientTally {
     first_error: Option<String>,
 }
 
-async fn ingest(options: IngestOptions) -> anyhow::Result<()> {
+/// Runs the ingest benchmark.
+pub async fn run(options: IngestOptions) -> anyhow::Result<()> {
     if options.clients == 0 || options.batch == 0 || options.streams == 0 {
         bail!("--clients, --batch and --streams must be at least 1");
     }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.clients)
-        .no_proxy()
-        .build()?;
-    let base = options.url.trim_end_matches('/').to_owned();
-    client
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .with_context(|| format!("Herald at {base} is not ready"))?;
+    let client = super::client(options.clients)?;
+    let base = super::ready(&client, &options.url).await?;
 
     let run_id: u32 = rand::rng().random();
     let filler = "x".repeat(options.payload_bytes.saturating_sub(60));
@@ -173,37 +149,13 @@ async fn ingest(options: IngestOptions) -> anyhow::Result<()> {
     println!("events    {:>10}  {:>10.1}/s", events, events as f64 / secs);
     println!(
         "latency   p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-        percentile(&total.latencies_us, 50.0),
-        percentile(&total.latencies_us, 99.0),
-        percentile(&total.latencies_us, 100.0)
+        super::percentile(&total.latencies_us, 50.0),
+        super::percentile(&total.latencies_us, 99.0),
+        super::percentile(&total.latencies_us, 100.0)
     );
     println!("errors    {:>10}", total.errors);
     if let Some(err) = total.first_error {
         println!("first error: {err}");
     }
     Ok(())
-}
-
-/// The `p`th percentile of sorted microsecond samples, in milliseconds.
-pub fn percentile(sorted_us: &[u64], p: f64) -> f64 {
-    if sorted_us.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * (sorted_us.len() as f64)).ceil() as usize;
-    let index = rank.clamp(1, sorted_us.len()) - 1;
-    sorted_us[index] as f64 / 1000.0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentiles_use_the_nearest_rank() {
-        let samples: Vec<u64> = (1..=100).map(|n| n * 1000).collect();
-        assert_eq!(percentile(&samples, 50.0), 50.0);
-        assert_eq!(percentile(&samples, 99.0), 99.0);
-        assert_eq!(percentile(&samples, 100.0), 100.0);
-        assert_eq!(percentile(&[], 50.0), 0.0);
-    }
 }

@@ -1,0 +1,110 @@
+//! `herald bench ...`: load generators that drive a running Herald over HTTP and report
+//! throughput, latency and Herald's memory. They are tools, not tests: run them against a
+//! release build and record the figures with the exact command in `docs/benchmarks.md`.
+
+mod ingest;
+mod longpoll;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+
+pub use ingest::IngestOptions;
+pub use longpoll::LongpollOptions;
+
+/// The benchmarks.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Publish events as fast as N concurrent clients can, singly or in batches.
+    Ingest(IngestOptions),
+    /// Hold N long-polls over M streams; measure RSS, publish-to-answer latency and fan-out.
+    Longpoll(LongpollOptions),
+}
+
+/// Runs a benchmark.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Ingest(options) => ingest::run(options).await,
+        BenchCommand::Longpoll(options) => longpoll::run(options).await,
+    }
+}
+
+/// An HTTP client for load generation: no proxies, a connection per concurrent request.
+fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .no_proxy()
+        .build()?)
+}
+
+/// Checks `/readyz`; returns the base URL without a trailing slash.
+async fn ready(client: &reqwest::Client, url: &str) -> anyhow::Result<String> {
+    let base = url.trim_end_matches('/').to_owned();
+    client
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .with_context(|| format!("Herald at {base} is not ready"))?;
+    Ok(base)
+}
+
+/// The `p`th percentile of sorted microsecond samples, in milliseconds.
+pub fn percentile(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted_us.len() as f64)).ceil() as usize;
+    let index = rank.clamp(1, sorted_us.len()) - 1;
+    sorted_us[index] as f64 / 1000.0
+}
+
+/// Resident memory of process `pid` in MiB, from `/proc`.
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The pid of the `herald serve` process on this machine, if exactly one runs.
+fn find_herald_pid() -> Option<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_herald = args.first().is_some_and(|a| a.ends_with(b"herald"));
+        if is_herald && args.iter().any(|a| *a == b"serve") {
+            found.push(pid);
+        }
+    }
+    (found.len() == 1).then(|| found[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let samples: Vec<u64> = (1..=100).map(|n| n * 1000).collect();
+        assert_eq!(percentile(&samples, 50.0), 50.0);
+        assert_eq!(percentile(&samples, 99.0), 99.0);
+        assert_eq!(percentile(&samples, 100.0), 100.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+}
