@@ -55,6 +55,8 @@ pub struct Settings {
     /// `HERALD_SSE_MAX_LIFETIME`: SSE connections are closed after this long, so that
     /// clients reconnect (and rebalance across instances).
     pub sse_max_lifetime: Duration,
+    /// `HERALD_RETENTION`: events older than this are purged.
+    pub retention: Duration,
     /// `HERALD_HTTP_WORKERS`: HTTP worker threads (default: one per CPU core).
     pub http_workers: Option<usize>,
     /// `HERALD_LOG_FORMAT`.
@@ -159,6 +161,13 @@ impl Settings {
                 });
             }
         }
+        let retention = parse!("HERALD_RETENTION", "30d", parse_duration)?;
+        if retention < Duration::from_secs(60) {
+            return Err(ConfigError {
+                var: "HERALD_RETENTION",
+                problem: "must be at least 1m".into(),
+            });
+        }
         let http_workers = get("HERALD_HTTP_WORKERS")
             .map(|raw| match raw.trim().parse::<usize>() {
                 Ok(n) if (1..=256).contains(&n) => Ok(n),
@@ -189,6 +198,7 @@ impl Settings {
             fallback_interval,
             sse_heartbeat,
             sse_max_lifetime,
+            retention,
             http_workers,
             log_format,
         })

@@ -26,6 +26,7 @@ pub mod domain;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod retention;
 pub mod startup;
 pub mod streams;
 pub mod telemetry;

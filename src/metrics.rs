@@ -27,6 +27,8 @@ pub struct Metrics {
     pub notifications_received: AtomicU64,
     /// Times the LISTEN connection was (re)established.
     pub listener_connects: AtomicU64,
+    /// Events deleted by retention.
+    pub events_purged: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -78,6 +80,11 @@ impl Metrics {
                 "herald_notifications_received_total",
                 "Stream-change hints received through LISTEN.",
                 &self.notifications_received,
+            ),
+            (
+                "herald_events_purged_total",
+                "Events deleted because they were older than HERALD_RETENTION.",
+                &self.events_purged,
             ),
             (
                 "herald_listener_connects_total",

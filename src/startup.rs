@@ -102,6 +102,12 @@ impl Application {
                 metrics.clone(),
                 background_stop.clone(),
             )),
+            tokio::spawn(crate::retention::run(
+                pool.clone(),
+                settings.retention,
+                metrics.clone(),
+                background_stop.clone(),
+            )),
             tokio::spawn(listener::run_fallback_check(
                 pool.clone(),
                 hub.clone(),

@@ -15,5 +15,6 @@ mod helpers;
 mod idempotency;
 mod keys;
 mod longpoll;
+mod retention;
 mod sse;
 mod streams;

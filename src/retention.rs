@@ -1,0 +1,138 @@
+//! Retention: events older than `HERALD_RETENTION`, and idempotency records older than
+//! 24 hours, are deleted in small batches.
+//!
+//! Small batches (1,000 rows, `FOR UPDATE SKIP LOCKED`, a pause between them) keep each
+//! delete short, so purging never holds locks that ingest waits on, and several instances
+//! can purge at once without waiting for each other. Events are purged by id: ids are
+//! UUIDv7, ordered by creation time, so "older than the cutoff" is a range on the primary
+//! key. Stream counters are never purged: a stream's seq keeps counting after its events
+//! are gone, and readers holding an older cursor get `410` with the cursor to resume from.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use diesel::sql_types::{BigInt, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl as _;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::DbPool;
+use crate::db::models::idempotency::RETENTION_HOURS;
+use crate::metrics::Metrics;
+
+/// Rows deleted per statement.
+pub const BATCH: i64 = 1000;
+/// Pause between batches, so a large purge does not monopolise the database.
+const PAUSE: Duration = Duration::from_millis(50);
+/// How often the purge runs.
+pub const INTERVAL: Duration = Duration::from_secs(60);
+
+/// The smallest UUIDv7 of the millisecond `age` ago: every event id below it is older.
+pub fn cutoff_id(now: std::time::SystemTime, age: Duration) -> Uuid {
+    let millis = now
+        .checked_sub(age)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut bytes = [0_u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    bytes[6] = 0x70; // version 7
+    bytes[8] = 0x80; // RFC 4122 variant
+    Uuid::from_bytes(bytes)
+}
+
+/// Deletes up to one batch of events older than `retention`; returns how many.
+async fn purge_events_batch(pool: &DbPool, cutoff: Uuid) -> anyhow::Result<usize> {
+    let mut conn = pool.get().await?;
+    Ok(diesel::sql_query(
+        "DELETE FROM events WHERE id IN \
+         (SELECT id FROM events WHERE id < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind::<SqlUuid, _>(cutoff)
+    .bind::<BigInt, _>(BATCH)
+    .execute(&mut conn)
+    .await?)
+}
+
+async fn purge_idempotency_batch(pool: &DbPool) -> anyhow::Result<usize> {
+    let mut conn = pool.get().await?;
+    Ok(diesel::sql_query(format!(
+        "DELETE FROM idempotency_keys WHERE key IN \
+         (SELECT key FROM idempotency_keys WHERE created_at < now() - interval '{RETENTION_HOURS} hours' \
+          LIMIT $1 FOR UPDATE SKIP LOCKED)"
+    ))
+    .bind::<BigInt, _>(BATCH)
+    .execute(&mut conn)
+    .await?)
+}
+
+/// One full purge: batches until nothing old is left. Returns the events deleted.
+pub async fn purge_once(
+    pool: &DbPool,
+    retention: Duration,
+    metrics: &Metrics,
+) -> anyhow::Result<u64> {
+    let cutoff = cutoff_id(std::time::SystemTime::now(), retention);
+    let mut events = 0_u64;
+    loop {
+        let deleted = purge_events_batch(pool, cutoff).await?;
+        events += deleted as u64;
+        metrics
+            .events_purged
+            .fetch_add(deleted as u64, Ordering::Relaxed);
+        if (deleted as i64) < BATCH {
+            break;
+        }
+        tokio::time::sleep(PAUSE).await;
+    }
+    while purge_idempotency_batch(pool).await? as i64 == BATCH {
+        tokio::time::sleep(PAUSE).await;
+    }
+    Ok(events)
+}
+
+/// Purges every [`INTERVAL`] until `cancel`.
+pub async fn run(
+    pool: DbPool,
+    retention: Duration,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match purge_once(&pool, retention, &metrics).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(events = n, "purged events past retention"),
+            Err(err) => tracing::warn!(error = %err, "retention purge failed; will retry"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cutoff_sorts_between_ids_of_either_side() {
+        let now = std::time::SystemTime::now();
+        let cutoff = cutoff_id(now, Duration::from_secs(3600));
+        let older = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 3601,
+            0,
+        ));
+        let newer = Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 3599,
+            0,
+        ));
+        assert!(older < cutoff, "{older} !< {cutoff}");
+        assert!(cutoff < newer, "{cutoff} !< {newer}");
+        assert_eq!(cutoff.get_version_num(), 7);
+    }
+}
