@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::domain::ApiKeySecret;
+use crate::domain::destination::DestinationGuard;
 use crate::domain::units::{parse_bytes, parse_duration};
 
 /// Log output format.
@@ -55,6 +56,8 @@ pub struct Settings {
     /// `HERALD_SSE_MAX_LIFETIME`: SSE connections are closed after this long, so that
     /// clients reconnect (and rebalance across instances).
     pub sse_max_lifetime: Duration,
+    /// `HERALD_ALLOWED_DESTINATIONS`: ranges webhooks may reach despite the guard.
+    pub destinations: DestinationGuard,
     /// `HERALD_RETENTION`: events older than this are purged.
     pub retention: Duration,
     /// `HERALD_HTTP_WORKERS`: HTTP worker threads (default: one per CPU core).
@@ -161,6 +164,11 @@ impl Settings {
                 });
             }
         }
+        let destinations = parse!(
+            "HERALD_ALLOWED_DESTINATIONS",
+            "",
+            DestinationGuard::parse_allowed
+        )?;
         let retention = parse!("HERALD_RETENTION", "30d", parse_duration)?;
         if retention < Duration::from_secs(60) {
             return Err(ConfigError {
@@ -198,6 +206,7 @@ impl Settings {
             fallback_interval,
             sse_heartbeat,
             sse_max_lifetime,
+            destinations,
             retention,
             http_workers,
             log_format,

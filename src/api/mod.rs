@@ -1,7 +1,9 @@
 //! The HTTP API: one file per resource, each with its DTOs, handlers and `routes`.
 
 mod body;
+pub mod endpoints;
 pub mod events;
+mod fields;
 pub mod health;
 pub mod keys;
 pub mod metrics;
@@ -19,6 +21,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(
             web::scope("/v1")
                 .configure(events::routes)
+                .configure(endpoints::routes)
                 .configure(streams::routes)
                 .configure(keys::routes),
         )

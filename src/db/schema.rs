@@ -14,6 +14,27 @@ diesel::table! {
 }
 
 diesel::table! {
+    endpoints (id) {
+        id -> Uuid,
+        url -> Text,
+        description -> Text,
+        event_types -> Array<Text>,
+        stream_patterns -> Array<Text>,
+        enabled -> Bool,
+        disabled_reason -> Nullable<Text>,
+        secret -> Bytea,
+        previous_secret -> Nullable<Bytea>,
+        previous_secret_expires_at -> Nullable<Timestamptz>,
+        rate_limit -> Nullable<Int4>,
+        max_in_flight -> Int4,
+        ordered -> Bool,
+        headers -> Jsonb,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     events (id) {
         id -> Uuid,
         stream -> Text,
@@ -42,4 +63,10 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(api_keys, events, idempotency_keys, streams);
+diesel::allow_tables_to_appear_in_same_query!(
+    api_keys,
+    endpoints,
+    events,
+    idempotency_keys,
+    streams
+);

@@ -5,10 +5,17 @@
 //! guarantee the type carries instead of re-checking strings.
 
 mod api_key;
+pub mod destination;
+mod endpoint_url;
 mod event_type;
+pub mod retry;
+pub mod signature;
 mod stream_name;
+mod stream_pattern;
 pub mod units;
 
 pub use api_key::{ApiKeySecret, Role, StreamPrefix};
+pub use endpoint_url::EndpointUrl;
 pub use event_type::EventType;
 pub use stream_name::StreamName;
+pub use stream_pattern::StreamPattern;

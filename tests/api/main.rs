@@ -9,6 +9,7 @@
 )]
 
 mod embedded;
+mod endpoints;
 mod events;
 mod health;
 mod helpers;

@@ -1,6 +1,6 @@
 //! `api_keys`: hashed bearer keys with their role and stream prefixes.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
@@ -43,7 +43,7 @@ impl ApiKey {
             role: role.as_str().to_owned(),
             stream_prefixes: prefixes,
             description,
-            created_at: Utc::now(),
+            created_at: Utc::now().trunc_subsecs(6),
         }
     }
 

@@ -1,0 +1,374 @@
+//! `/v1/endpoints`: webhook subscriptions (admin only).
+
+use std::time::Duration;
+
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::{DateTime, SubsecRound as _, Utc};
+use diesel_async::AsyncConnection as _;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::body::read_json;
+use super::fields::Fields;
+use crate::auth::Principal;
+use crate::db::models::endpoint::{self, Endpoint};
+use crate::domain::destination::DestinationGuard;
+use crate::domain::signature::SigningSecret;
+use crate::domain::units::parse_duration;
+use crate::domain::{EndpointUrl, EventType, StreamPattern};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// How long the previous secret keeps signing after a rotation, by default.
+pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
+/// The longest grace period a rotation may ask for.
+pub const MAX_ROTATION_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_FILTERS: usize = 100;
+const MAX_HEADERS: usize = 20;
+/// Headers Herald sets itself (or that would break the request).
+const RESERVED_HEADERS: [&str; 11] = [
+    "host",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "te",
+    "upgrade",
+];
+const FIELDS: [&str; 10] = [
+    "url",
+    "description",
+    "event_types",
+    "streams",
+    "enabled",
+    "rate_limit",
+    "max_in_flight",
+    "ordered",
+    "headers",
+    "secret",
+];
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/endpoints", web::post().to(create_endpoint))
+        .route("/endpoints", web::get().to(list_endpoints))
+        .route("/endpoints/{id}", web::get().to(get_endpoint))
+        .route("/endpoints/{id}", web::patch().to(update_endpoint))
+        .route("/endpoints/{id}", web::delete().to(delete_endpoint))
+        .route(
+            "/endpoints/{id}/rotate-secret",
+            web::post().to(rotate_endpoint_secret),
+        );
+}
+
+/// An endpoint as the API shows it (never with its secret, except where noted).
+#[derive(Debug, Serialize)]
+pub struct EndpointDto {
+    id: Uuid,
+    url: String,
+    description: String,
+    event_types: Vec<String>,
+    streams: Vec<String>,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    rate_limit: Option<i32>,
+    max_in_flight: i32,
+    ordered: bool,
+    headers: Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+impl EndpointDto {
+    fn new(e: Endpoint, with_secret: bool) -> Self {
+        Self {
+            secret: with_secret.then(|| SigningSecret::from_bytes(e.secret.clone()).expose()),
+            id: e.id,
+            url: e.url,
+            description: e.description,
+            event_types: e.event_types,
+            streams: e.stream_patterns,
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason,
+            rate_limit: e.rate_limit,
+            max_in_flight: e.max_in_flight,
+            ordered: e.ordered,
+            headers: e.headers,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        }
+    }
+}
+
+fn parse_headers(pairs: Vec<(String, String)>) -> Result<Value, ApiError> {
+    if pairs.len() > MAX_HEADERS {
+        return Err(ApiError::invalid(
+            "headers",
+            format!("at most {MAX_HEADERS} headers"),
+        ));
+    }
+    let mut map = serde_json::Map::new();
+    for (name, value) in pairs {
+        let field = format!("headers.{name}");
+        let parsed = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ApiError::invalid(&field, "is not a valid header name"))?;
+        if RESERVED_HEADERS.contains(&parsed.as_str()) {
+            return Err(ApiError::invalid(
+                &field,
+                "is set by Herald and cannot be overridden",
+            ));
+        }
+        HeaderValue::from_str(&value)
+            .map_err(|_| ApiError::invalid(&field, "is not a valid header value"))?;
+        map.insert(parsed.as_str().to_owned(), Value::String(value));
+    }
+    Ok(Value::Object(map))
+}
+
+/// Applies the present fields of `fields` to `endpoint`, validating each.
+fn apply(
+    fields: &Fields,
+    endpoint: &mut Endpoint,
+    guard: &DestinationGuard,
+) -> Result<(), ApiError> {
+    if let Some(url) = fields.string("url")? {
+        endpoint.url = EndpointUrl::parse(&url, guard)
+            .map_err(|d| ApiError::invalid("url", d))?
+            .to_string();
+    }
+    if let Some(description) = fields.string("description")? {
+        if description.len() > 1000 {
+            return Err(ApiError::invalid(
+                "description",
+                "must be at most 1000 characters",
+            ));
+        }
+        endpoint.description = description;
+    }
+    if let Some(types) = fields.strings("event_types", MAX_FILTERS)? {
+        for (i, t) in types.iter().enumerate() {
+            EventType::parse(t).map_err(|d| ApiError::invalid(format!("event_types[{i}]"), d))?;
+        }
+        endpoint.event_types = types;
+    }
+    if let Some(patterns) = fields.strings("streams", MAX_FILTERS)? {
+        for (i, p) in patterns.iter().enumerate() {
+            StreamPattern::parse(p).map_err(|d| ApiError::invalid(format!("streams[{i}]"), d))?;
+        }
+        endpoint.stream_patterns = patterns;
+    }
+    if let Some(enabled) = fields.bool("enabled")? {
+        if enabled {
+            endpoint.disabled_reason = None;
+        }
+        endpoint.enabled = enabled;
+    }
+    if let Some(rate_limit) = fields.nullable_int("rate_limit", 1, 100_000)? {
+        endpoint.rate_limit = rate_limit;
+    }
+    match fields.nullable_int("max_in_flight", 1, 1000)? {
+        Some(Some(n)) => endpoint.max_in_flight = n,
+        Some(None) => {
+            return Err(ApiError::invalid(
+                "max_in_flight",
+                "must be a whole number from 1 to 1000",
+            ));
+        }
+        None => {}
+    }
+    if let Some(ordered) = fields.bool("ordered")? {
+        endpoint.ordered = ordered;
+    }
+    if let Some(headers) = fields.string_map("headers")? {
+        endpoint.headers = parse_headers(headers)?;
+    }
+    Ok(())
+}
+
+fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no endpoint with id {raw:?}")))
+}
+
+async fn create_endpoint(
+    req: HttpRequest,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let (body, _) = read_json::<Value>(&req, body, 256 * 1024, "256 KiB").await?;
+    let fields = Fields::new(body, &FIELDS)?;
+    if fields.string("url")?.is_none() {
+        return Err(ApiError::invalid("url", "is required"));
+    }
+    let secret = match fields.string("secret")? {
+        Some(raw) => SigningSecret::parse(&raw).map_err(|d| ApiError::invalid("secret", d))?,
+        None => SigningSecret::generate(),
+    };
+    // PostgreSQL keeps microseconds: answer with what a later read will show.
+    let now = Utc::now().trunc_subsecs(6);
+    let mut endpoint = Endpoint {
+        id: Uuid::now_v7(),
+        url: String::new(),
+        description: String::new(),
+        event_types: Vec::new(),
+        stream_patterns: Vec::new(),
+        enabled: true,
+        disabled_reason: None,
+        secret: secret.as_bytes().to_vec(),
+        previous_secret: None,
+        previous_secret_expires_at: None,
+        rate_limit: None,
+        max_in_flight: 10,
+        ordered: false,
+        headers: Value::Object(serde_json::Map::new()),
+        created_at: now,
+        updated_at: now,
+    };
+    apply(&fields, &mut endpoint, &state.settings.destinations)?;
+    let mut conn = state.pool.get().await?;
+    endpoint::insert(&mut conn, &endpoint).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/v1/endpoints/{}", endpoint.id)))
+        .json(EndpointDto::new(endpoint, true)))
+}
+
+#[derive(Debug, Serialize)]
+struct EndpointListDto {
+    endpoints: Vec<EndpointDto>,
+}
+
+async fn list_endpoints(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let mut conn = state.pool.get().await?;
+    let endpoints = endpoint::list(&mut conn).await?;
+    Ok(HttpResponse::Ok().json(EndpointListDto {
+        endpoints: endpoints
+            .into_iter()
+            .map(|e| EndpointDto::new(e, false))
+            .collect(),
+    }))
+}
+
+async fn get_endpoint(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = endpoint_id(&path)?;
+    let mut conn = state.pool.get().await?;
+    let found = endpoint::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id}")))?;
+    Ok(HttpResponse::Ok().json(EndpointDto::new(found, false)))
+}
+
+async fn update_endpoint(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = endpoint_id(&path)?;
+    let (body, _) = read_json::<Value>(&req, body, 256 * 1024, "256 KiB").await?;
+    let fields = Fields::new(body, &FIELDS[..9])?;
+    let mut conn = state.pool.get().await?;
+    let guard = state.settings.destinations.clone();
+    let updated = conn
+        .transaction(async |conn| {
+            let mut found = endpoint::find_for_update(conn, id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id}")))?;
+            apply(&fields, &mut found, &guard)?;
+            found.updated_at = Utc::now().trunc_subsecs(6);
+            endpoint::save(conn, &found).await?;
+            Ok::<_, ApiError>(found)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(EndpointDto::new(updated, false)))
+}
+
+async fn delete_endpoint(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = endpoint_id(&path)?;
+    let mut conn = state.pool.get().await?;
+    if !endpoint::delete(&mut conn, id).await? {
+        return Err(ApiError::NotFound(format!("no endpoint with id {id}")));
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Debug, Serialize)]
+struct RotatedDto {
+    secret: String,
+    previous_secret_expires_at: DateTime<Utc>,
+}
+
+async fn rotate_endpoint_secret(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = endpoint_id(&path)?;
+    // The body is optional: `{"grace": "1h"}` shortens or lengthens the overlap.
+    let has_body = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0");
+    let grace = if has_body {
+        let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
+        let fields = Fields::new(body, &["grace"])?;
+        match fields.string("grace")? {
+            Some(raw) => parse_duration(&raw)
+                .ok()
+                .filter(|d| *d <= MAX_ROTATION_GRACE)
+                .ok_or_else(|| {
+                    ApiError::invalid("grace", "must be a duration from 0s to 7d, like 24h")
+                })?,
+            None => DEFAULT_ROTATION_GRACE,
+        }
+    } else {
+        DEFAULT_ROTATION_GRACE
+    };
+    let new_secret = SigningSecret::generate();
+    let expires = Utc::now() + chrono::Duration::from_std(grace).unwrap_or_default();
+    let mut conn = state.pool.get().await?;
+    let key = new_secret.as_bytes().to_vec();
+    conn.transaction(async |conn| {
+        let mut found = endpoint::find_for_update(conn, id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id}")))?;
+        found.previous_secret = Some(std::mem::replace(&mut found.secret, key));
+        found.previous_secret_expires_at = Some(expires);
+        found.updated_at = Utc::now().trunc_subsecs(6);
+        endpoint::save(conn, &found).await?;
+        Ok::<_, ApiError>(())
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(RotatedDto {
+        secret: new_secret.expose(),
+        previous_secret_expires_at: expires,
+    }))
+}

@@ -1,0 +1,105 @@
+//! `endpoints`: webhook subscriptions.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::db::schema::endpoints;
+
+/// A stored endpoint.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = endpoints, check_for_backend(diesel::pg::Pg), treat_none_as_null = true)]
+pub struct Endpoint {
+    /// Id.
+    pub id: Uuid,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// Free text.
+    pub description: String,
+    /// Event types it receives (empty: all).
+    pub event_types: Vec<String>,
+    /// Stream names or `prefix*` patterns it receives (empty: all).
+    pub stream_patterns: Vec<String>,
+    /// Whether deliveries are attempted.
+    pub enabled: bool,
+    /// Why it was disabled, when Herald disabled it.
+    pub disabled_reason: Option<String>,
+    /// Current signing key.
+    pub secret: Vec<u8>,
+    /// The key before the last rotation, still signing until it expires.
+    pub previous_secret: Option<Vec<u8>>,
+    /// When the previous key stops signing.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// Deliveries per second, if limited.
+    pub rate_limit: Option<i32>,
+    /// Attempts in flight at once.
+    pub max_in_flight: i32,
+    /// Per-stream seq order.
+    pub ordered: bool,
+    /// Static extra headers, as a JSON object of strings.
+    pub headers: serde_json::Value,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Stores a new endpoint.
+pub async fn insert(conn: &mut AsyncPgConnection, endpoint: &Endpoint) -> QueryResult<()> {
+    diesel::insert_into(endpoints::table)
+        .values(endpoint)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// All endpoints, oldest first.
+pub async fn list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Endpoint>> {
+    endpoints::table
+        .order(endpoints::id.asc())
+        .select(Endpoint::as_select())
+        .load(conn)
+        .await
+}
+
+/// The endpoint with this id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Endpoint>> {
+    endpoints::table
+        .find(id)
+        .select(Endpoint::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The endpoint with this id, locked until the end of the transaction.
+pub async fn find_for_update(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<Endpoint>> {
+    endpoints::table
+        .find(id)
+        .select(Endpoint::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// Writes every field of `endpoint` back.
+pub async fn save(conn: &mut AsyncPgConnection, endpoint: &Endpoint) -> QueryResult<()> {
+    diesel::update(endpoints::table.find(endpoint.id))
+        .set(endpoint)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// Deletes an endpoint; returns whether it existed.
+pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
+    diesel::delete(endpoints::table.find(id))
+        .execute(conn)
+        .await
+        .map(|n| n > 0)
+}
