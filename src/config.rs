@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::domain::ApiKeySecret;
 use crate::domain::destination::DestinationGuard;
+use crate::domain::retry::RetrySchedule;
 use crate::domain::units::{parse_bytes, parse_duration};
 
 /// Log output format.
@@ -56,6 +57,12 @@ pub struct Settings {
     /// `HERALD_SSE_MAX_LIFETIME`: SSE connections are closed after this long, so that
     /// clients reconnect (and rebalance across instances).
     pub sse_max_lifetime: Duration,
+    /// `HERALD_RETRY_SCHEDULE`: delays between webhook attempts.
+    pub retry_schedule: RetrySchedule,
+    /// `HERALD_DELIVERY_TIMEOUT`: per webhook attempt.
+    pub delivery_timeout: Duration,
+    /// `HERALD_DELIVERY_CONCURRENCY`: attempts in flight per instance; 0 sends none.
+    pub delivery_concurrency: usize,
     /// `HERALD_ALLOWED_DESTINATIONS`: ranges webhooks may reach despite the guard.
     pub destinations: DestinationGuard,
     /// `HERALD_RETENTION`: events older than this are purged.
@@ -164,6 +171,26 @@ impl Settings {
                 });
             }
         }
+        let retry_schedule = match get("HERALD_RETRY_SCHEDULE") {
+            Some(raw) => RetrySchedule::parse(&raw).map_err(|problem| ConfigError {
+                var: "HERALD_RETRY_SCHEDULE",
+                problem,
+            })?,
+            None => RetrySchedule::default(),
+        };
+        let delivery_timeout = parse!("HERALD_DELIVERY_TIMEOUT", "15s", parse_duration)?;
+        if delivery_timeout.is_zero() {
+            return Err(ConfigError {
+                var: "HERALD_DELIVERY_TIMEOUT",
+                problem: "must be more than 0".into(),
+            });
+        }
+        let delivery_concurrency = parse!("HERALD_DELIVERY_CONCURRENCY", "256", |raw| {
+            match raw.trim().parse::<usize>() {
+                Ok(n) if n <= 100_000 => Ok(n),
+                _ => Err(format!("expected a number from 0 to 100000, got {raw:?}")),
+            }
+        })?;
         let destinations = parse!(
             "HERALD_ALLOWED_DESTINATIONS",
             "",
@@ -206,6 +233,9 @@ impl Settings {
             fallback_interval,
             sse_heartbeat,
             sse_max_lifetime,
+            retry_schedule,
+            delivery_timeout,
+            delivery_concurrency,
             destinations,
             retention,
             http_workers,

@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::db::DbPool;
-use crate::db::models::event::{self, Event, PendingEvent};
+use crate::db::models::event::{self, Event, PendingEvent, Stored};
 use crate::error::ApiError;
 use crate::streams::notify::Notifier;
 
@@ -115,7 +115,7 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
     match store(pool, all).await {
         Ok(stored) => {
             notifier.committed(&stored);
-            let mut stored = stored.into_iter();
+            let mut stored = stored.events.into_iter();
             for job in group {
                 let mine: Vec<Event> = stored.by_ref().take(job.events.len()).collect();
                 let _ = job.reply.send(Ok(mine));
@@ -129,10 +129,10 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
         Err(err) => {
             tracing::warn!(error = %err, jobs = group.len(), "group commit failed; retrying its requests one by one");
             for job in group {
-                let result = store(pool, job.events).await;
-                if let Ok(stored) = &result {
-                    notifier.committed(stored);
-                }
+                let result = store(pool, job.events).await.map(|stored| {
+                    notifier.committed(&stored);
+                    stored.events
+                });
                 let _ = job.reply.send(result);
             }
         }
@@ -140,7 +140,7 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
 }
 
 /// One transaction, retried once on a deadlock or serialization failure.
-async fn store(pool: &DbPool, events: Vec<PendingEvent>) -> Result<Vec<Event>, ApiError> {
+async fn store(pool: &DbPool, events: Vec<PendingEvent>) -> Result<Stored, ApiError> {
     let mut conn = pool.get().await?;
     let mut attempt = 0;
     loop {

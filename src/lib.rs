@@ -22,6 +22,7 @@ pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod db;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod ingest;

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub listener_connects: AtomicU64,
     /// Events deleted by retention.
     pub events_purged: AtomicU64,
+    /// Webhook attempts that succeeded.
+    pub deliveries_succeeded: AtomicU64,
+    /// Webhook attempts that failed and will be retried.
+    pub deliveries_retried: AtomicU64,
+    /// Deliveries that failed for good.
+    pub deliveries_failed: AtomicU64,
 }
 
 /// Adds one to a counter.
@@ -80,6 +86,21 @@ impl Metrics {
                 "herald_notifications_received_total",
                 "Stream-change hints received through LISTEN.",
                 &self.notifications_received,
+            ),
+            (
+                "herald_deliveries_succeeded_total",
+                "Webhook deliveries that succeeded.",
+                &self.deliveries_succeeded,
+            ),
+            (
+                "herald_delivery_retries_total",
+                "Webhook attempts that failed and were scheduled again.",
+                &self.deliveries_retried,
+            ),
+            (
+                "herald_deliveries_failed_total",
+                "Webhook deliveries that failed for good.",
+                &self.deliveries_failed,
             ),
             (
                 "herald_events_purged_total",

@@ -17,6 +17,8 @@ use crate::auth::KeyCache;
 use crate::config::Settings;
 use crate::db::models::api_key::{self, ApiKey};
 use crate::db::{self, DbPool};
+use crate::delivery::sender::Sender;
+use crate::delivery::worker::Worker;
 use crate::domain::{ApiKeySecret, Role};
 use crate::error::ApiError;
 use crate::ingest::Ingest;
@@ -88,7 +90,13 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(pool.clone(), metrics.clone(), settings.max_waiters);
         let instance = uuid::Uuid::now_v7();
-        let notifier = Notifier::new(instance, hub.clone(), metrics.clone());
+        let delivery_wake = Arc::new(tokio::sync::Notify::new());
+        let notifier = Notifier::new(
+            instance,
+            hub.clone(),
+            metrics.clone(),
+            delivery_wake.clone(),
+        );
         let committers = (settings.db_pool_size / 4).clamp(1, 4);
         let (ingest, committer_handles) = Ingest::start(pool.clone(), committers, notifier.clone());
         let background_stop = CancellationToken::new();
@@ -100,6 +108,7 @@ impl Application {
                 instance,
                 hub.clone(),
                 metrics.clone(),
+                delivery_wake.clone(),
                 background_stop.clone(),
             )),
             tokio::spawn(crate::retention::run(
@@ -115,6 +124,20 @@ impl Application {
                 background_stop.clone(),
             )),
         ];
+        let mut background = background;
+        if settings.delivery_concurrency > 0 {
+            let sender = Sender::new(settings.destinations.clone(), settings.delivery_timeout)?;
+            let worker = Worker::new(
+                pool.clone(),
+                sender,
+                settings.retry_schedule.clone(),
+                settings.delivery_timeout,
+                settings.delivery_concurrency,
+                delivery_wake.clone(),
+                metrics.clone(),
+            );
+            background.push(tokio::spawn(worker.run(background_stop.clone())));
+        }
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
         let state = web::Data::new(AppState {

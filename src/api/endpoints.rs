@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::body::read_json;
 use super::fields::Fields;
 use crate::auth::Principal;
+use crate::db::models::delivery;
 use crate::db::models::endpoint::{self, Endpoint};
 use crate::domain::destination::DestinationGuard;
 use crate::domain::signature::SigningSecret;
@@ -293,9 +294,14 @@ async fn update_endpoint(
             let mut found = endpoint::find_for_update(conn, id)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id}")))?;
+            let was_enabled = found.enabled;
             apply(&fields, &mut found, &guard)?;
             found.updated_at = Utc::now().trunc_subsecs(6);
             endpoint::save(conn, &found).await?;
+            if was_enabled && !found.enabled {
+                // Kept as failed, to be replayed once the endpoint is fixed.
+                delivery::fail_unfinished(conn, id, "endpoint disabled").await?;
+            }
             Ok::<_, ApiError>(found)
         })
         .await?;
@@ -310,7 +316,16 @@ async fn delete_endpoint(
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
     let mut conn = state.pool.get().await?;
-    if !endpoint::delete(&mut conn, id).await? {
+    let deleted = conn
+        .transaction(async |conn| {
+            if !endpoint::delete(conn, id).await? {
+                return Ok(false);
+            }
+            delivery::fail_unfinished(conn, id, "endpoint deleted").await?;
+            Ok::<_, ApiError>(true)
+        })
+        .await?;
+    if !deleted {
         return Err(ApiError::NotFound(format!("no endpoint with id {id}")));
     }
     Ok(HttpResponse::NoContent().finish())

@@ -169,9 +169,9 @@ async fn store(
         )
         .await?;
     match outcome {
-        Ok(events) => {
-            state.notifier.committed(&events);
-            Ok((events, false))
+        Ok(stored) => {
+            state.notifier.committed(&stored);
+            Ok((stored.events, false))
         }
         Err(record) if record.request_hash != hash => Err(ApiError::Conflict(format!(
             "Idempotency-Key {key:?} was already used at {} for a different request; \

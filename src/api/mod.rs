@@ -1,6 +1,7 @@
 //! The HTTP API: one file per resource, each with its DTOs, handlers and `routes`.
 
 mod body;
+pub mod deliveries;
 pub mod endpoints;
 pub mod events;
 mod fields;
@@ -22,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::scope("/v1")
                 .configure(events::routes)
                 .configure(endpoints::routes)
+                .configure(deliveries::routes)
                 .configure(streams::routes)
                 .configure(keys::routes),
         )

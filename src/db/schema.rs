@@ -14,6 +14,45 @@ diesel::table! {
 }
 
 diesel::table! {
+    attempts (id) {
+        id -> Uuid,
+        delivery_id -> Uuid,
+        started_at -> Timestamptz,
+        duration_ms -> Int4,
+        trigger -> Text,
+        triggered_by -> Nullable<Uuid>,
+        request_headers -> Jsonb,
+        response_status -> Nullable<Int4>,
+        response_headers -> Nullable<Jsonb>,
+        response_body -> Nullable<Text>,
+        error_class -> Nullable<Text>,
+        error_detail -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    deliveries (id) {
+        id -> Uuid,
+        event_id -> Uuid,
+        endpoint_id -> Uuid,
+        stream -> Text,
+        seq -> Int8,
+        event_type -> Text,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Nullable<Timestamptz>,
+        lease_until -> Nullable<Timestamptz>,
+        claim_token -> Nullable<Uuid>,
+        replay_requested_by -> Nullable<Uuid>,
+        replay_requested -> Bool,
+        last_status_code -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     endpoints (id) {
         id -> Uuid,
         url -> Text,
@@ -63,8 +102,12 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(attempts -> deliveries (delivery_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
+    attempts,
+    deliveries,
     endpoints,
     events,
     idempotency_keys,

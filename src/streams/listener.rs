@@ -19,9 +19,9 @@ use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::CHANNEL;
 use super::hub::Hub;
 use super::notify::decode;
+use super::{CHANNEL, DELIVERIES_CHANNEL};
 use crate::db::models::stream;
 use crate::db::{self, DbPool};
 use crate::metrics::{Metrics, inc};
@@ -35,6 +35,7 @@ pub async fn run_listener(
     instance: Uuid,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    delivery_wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -43,6 +44,9 @@ pub async fn run_listener(
             let mut conn =
                 db::establish_named(&database_url, connect_timeout, "herald-listener").await?;
             diesel::sql_query(format!("LISTEN {CHANNEL}"))
+                .execute(&mut conn)
+                .await?;
+            diesel::sql_query(format!("LISTEN {DELIVERIES_CHANNEL}"))
                 .execute(&mut conn)
                 .await?;
             Ok::<_, anyhow::Error>(conn)
@@ -66,11 +70,17 @@ pub async fn run_listener(
         inc(&metrics.listener_connects);
         // Whatever was sent while we were not listening is lost: re-check everything.
         hub.hint_all();
+        delivery_wake.notify_one();
         let mut notifications = std::pin::pin!(conn.notifications_stream());
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 next = notifications.next() => match next {
+                    Some(Ok(notification)) if notification.channel == DELIVERIES_CHANNEL => {
+                        if notification.payload != instance.to_string() {
+                            delivery_wake.notify_one();
+                        }
+                    }
                     Some(Ok(notification)) => {
                         let Some((from, changes)) = decode(&notification.payload) else {
                             continue;

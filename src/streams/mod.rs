@@ -15,3 +15,6 @@ pub mod notify;
 
 /// The channel Herald's stream-change `NOTIFY`s use.
 pub const CHANNEL: &str = "herald_streams";
+/// The channel that tells other instances' webhook workers that deliveries are due; the
+/// payload is the sending instance's id.
+pub const DELIVERIES_CHANNEL: &str = "herald_deliveries";

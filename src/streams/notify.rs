@@ -23,10 +23,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::CHANNEL;
 use super::hub::Hub;
+use super::{CHANNEL, DELIVERIES_CHANNEL};
 use crate::db::DbPool;
-use crate::db::models::event::Event;
+use crate::db::models::event::Stored;
 use crate::metrics::{Metrics, inc};
 
 /// How long changes are gathered before one `NOTIFY` carries them.
@@ -42,22 +42,47 @@ pub struct Notifier {
     metrics: Arc<Metrics>,
     pending: Mutex<HashMap<String, i64>>,
     wake: Notify,
+    deliveries_due: std::sync::atomic::AtomicBool,
+    delivery_wake: Arc<Notify>,
 }
 
 impl Notifier {
-    /// A notifier for the instance `instance`.
-    pub fn new(instance: Uuid, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// A notifier for the instance `instance`; `delivery_wake` wakes this instance's
+    /// webhook worker.
+    pub fn new(
+        instance: Uuid,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        delivery_wake: Arc<Notify>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             instance,
             hub,
             metrics,
             pending: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            deliveries_due: std::sync::atomic::AtomicBool::new(false),
+            delivery_wake,
         })
     }
 
-    /// Records that `events` have committed.
-    pub fn committed(&self, events: &[Event]) {
+    /// Says that deliveries became due outside of an event commit (a replay).
+    pub fn deliveries_due(&self) {
+        self.delivery_wake.notify_one();
+        self.deliveries_due
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Records that events (and their webhook deliveries) have committed.
+    pub fn committed(&self, stored: &Stored) {
+        if stored.pending_deliveries > 0 {
+            self.delivery_wake.notify_one();
+            self.deliveries_due
+                .store(true, std::sync::atomic::Ordering::Release);
+            self.wake.notify_one();
+        }
+        let events = &stored.events;
         if events.is_empty() {
             return;
         }
@@ -97,6 +122,24 @@ impl Notifier {
     }
 
     async fn flush(&self, pool: &DbPool) {
+        if self
+            .deliveries_due
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
+            let sent = async {
+                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+                diesel::sql_query("SELECT pg_notify($1, $2)")
+                    .bind::<Text, _>(DELIVERIES_CHANNEL)
+                    .bind::<Text, _>(self.instance.to_string())
+                    .execute(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            if let Err(err) = sent {
+                tracing::warn!(error = %err, "could not notify other workers of new deliveries");
+            }
+        }
         let changes: Vec<(String, i64)> =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()

@@ -16,6 +16,8 @@ mod helpers;
 mod idempotency;
 mod keys;
 mod longpoll;
+mod receiver;
 mod retention;
 mod sse;
 mod streams;
+mod webhooks;

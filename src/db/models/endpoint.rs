@@ -103,3 +103,16 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool>
         .await
         .map(|n| n > 0)
 }
+
+/// Disables an endpoint, saying why.
+pub async fn disable(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> QueryResult<()> {
+    diesel::update(endpoints::table.find(id))
+        .set((
+            endpoints::enabled.eq(false),
+            endpoints::disabled_reason.eq(reason),
+            endpoints::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+        .map(drop)
+}

@@ -65,7 +65,8 @@ struct Counter {
     now: DateTime<Utc>,
 }
 
-/// Stores `pending` in the caller's transaction and returns them as stored, in input order.
+/// Stores `pending` in the caller's transaction and returns them as stored, in input order,
+/// with a webhook delivery for every endpoint that subscribes to each.
 ///
 /// Each stream's counter row is advanced once by the number of its events. The row lock
 /// that this takes is held until commit, so a later writer of the same stream waits for this
@@ -75,9 +76,12 @@ struct Counter {
 pub async fn insert_all(
     conn: &mut AsyncPgConnection,
     pending: Vec<PendingEvent>,
-) -> QueryResult<Vec<Event>> {
+) -> QueryResult<Stored> {
     if pending.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Stored {
+            events: Vec::new(),
+            pending_deliveries: 0,
+        });
     }
     let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
     for event in &pending {
@@ -144,7 +148,20 @@ pub async fn insert_all(
     .bind::<Timestamptz, _>(now)
     .execute(conn)
     .await?;
-    Ok(rows)
+    let pending_deliveries = crate::db::models::delivery::fan_out(conn, &rows).await?;
+    Ok(Stored {
+        events: rows,
+        pending_deliveries,
+    })
+}
+
+/// What [`insert_all`] stored.
+#[derive(Debug)]
+pub struct Stored {
+    /// The events, in input order.
+    pub events: Vec<Event>,
+    /// Webhook deliveries created for them that are due now.
+    pub pending_deliveries: usize,
 }
 
 /// The event with this id.

@@ -1,6 +1,7 @@
 //! One file per table; every query Herald runs is here.
 
 pub mod api_key;
+pub mod delivery;
 pub mod endpoint;
 pub mod event;
 pub mod idempotency;

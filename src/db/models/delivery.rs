@@ -1,0 +1,409 @@
+//! `deliveries` and `attempts`: the webhook queue and its history.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{
+    Array, BigInt, Bool, Bytea, Double, Integer, Jsonb, Nullable, Text, Timestamptz,
+    Uuid as SqlUuid,
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+use crate::db::models::event::Event;
+use crate::db::schema::{attempts, deliveries};
+
+/// A delivery as stored.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = deliveries, check_for_backend(diesel::pg::Pg))]
+pub struct Delivery {
+    /// Id.
+    pub id: Uuid,
+    /// The event.
+    pub event_id: Uuid,
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The event's stream.
+    pub stream: String,
+    /// The event's seq.
+    pub seq: i64,
+    /// The event's type.
+    pub event_type: String,
+    /// pending, delivering, succeeded or failed.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i32,
+    /// When the next attempt is due (pending).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the current claim expires (delivering).
+    pub lease_until: Option<DateTime<Utc>>,
+    /// The current claim.
+    pub claim_token: Option<Uuid>,
+    /// Who asked for the next attempt, for replays.
+    pub replay_requested_by: Option<Uuid>,
+    /// Whether the next attempt is a replay.
+    pub replay_requested: bool,
+    /// Status code of the last answer.
+    pub last_status_code: Option<i32>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// One attempt as stored.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = attempts, check_for_backend(diesel::pg::Pg))]
+pub struct Attempt {
+    /// Id.
+    pub id: Uuid,
+    /// Its delivery.
+    pub delivery_id: Uuid,
+    /// When the request started.
+    pub started_at: DateTime<Utc>,
+    /// How long until the answer (or the error).
+    pub duration_ms: i32,
+    /// schedule or replay.
+    pub trigger: String,
+    /// The API key that asked for a replay.
+    pub triggered_by: Option<Uuid>,
+    /// Headers sent.
+    pub request_headers: serde_json::Value,
+    /// Status received.
+    pub response_status: Option<i32>,
+    /// Headers received.
+    pub response_headers: Option<serde_json::Value>,
+    /// The first 16 KiB of the body received.
+    pub response_body: Option<String>,
+    /// timeout, connect, dns, tls, blocked_destination, invalid_response.
+    pub error_class: Option<String>,
+    /// Details of the error.
+    pub error_detail: Option<String>,
+}
+
+/// Creates a delivery for every endpoint that matches each event: `pending` for enabled
+/// endpoints, `failed` ("endpoint disabled") for disabled ones, so nothing is silently
+/// dropped. Runs in the events' transaction. Returns how many are pending.
+pub async fn fan_out(conn: &mut AsyncPgConnection, events: &[Event]) -> QueryResult<usize> {
+    #[derive(QueryableByName)]
+    struct Pending {
+        #[diesel(sql_type = BigInt)]
+        pending: i64,
+    }
+    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
+    let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    let row: Pending = diesel::sql_query(
+        "WITH ev AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[]) \
+                       AS t(id, stream, seq, event_type)), \
+              inserted AS ( \
+           INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                                   next_attempt_at, last_error, created_at, updated_at) \
+           SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, \
+                  CASE WHEN e.enabled THEN 'pending' ELSE 'failed' END, \
+                  CASE WHEN e.enabled THEN now() END, \
+                  CASE WHEN e.enabled THEN NULL ELSE 'endpoint disabled' END, \
+                  clock_timestamp(), now() \
+           FROM ev JOIN endpoints e ON \
+                (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
+            AND (cardinality(e.stream_patterns) = 0 OR EXISTS ( \
+                   SELECT 1 FROM unnest(e.stream_patterns) AS p \
+                   WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
+           RETURNING status) \
+         SELECT count(*) FILTER (WHERE status = 'pending') AS pending FROM inserted",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&streams)
+    .bind::<Array<BigInt>, _>(&seqs)
+    .bind::<Array<Text>, _>(&types)
+    .get_result(conn)
+    .await?;
+    Ok(usize::try_from(row.pending).unwrap_or(0))
+}
+
+/// A claimed delivery with what sending it needs.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct Claimed {
+    /// Delivery id.
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    /// Attempts including this one.
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// Whether this attempt is a replay, and who asked.
+    #[diesel(sql_type = Bool)]
+    pub replay_requested: bool,
+    /// Who asked for the replay.
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub replay_requested_by: Option<Uuid>,
+    /// Event id (the `webhook-id`).
+    #[diesel(sql_type = SqlUuid)]
+    pub event_id: Uuid,
+    /// Event stream.
+    #[diesel(sql_type = Text)]
+    pub stream: String,
+    /// Event seq.
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    /// Event type.
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    /// Event payload, as JSON text.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    /// Event time.
+    #[diesel(sql_type = Timestamptz)]
+    pub event_created_at: DateTime<Utc>,
+    /// Endpoint id.
+    #[diesel(sql_type = SqlUuid)]
+    pub endpoint_id: Uuid,
+    /// Endpoint URL.
+    #[diesel(sql_type = Text)]
+    pub url: String,
+    /// Signing key.
+    #[diesel(sql_type = Bytea)]
+    pub secret: Vec<u8>,
+    /// Previous signing key while it is still valid.
+    #[diesel(sql_type = Nullable<Bytea>)]
+    pub previous_secret: Option<Vec<u8>>,
+    /// Static headers.
+    #[diesel(sql_type = Jsonb)]
+    pub headers: serde_json::Value,
+    /// The endpoint's in-flight limit.
+    #[diesel(sql_type = Integer)]
+    pub max_in_flight: i32,
+}
+
+/// Claims up to `limit` due deliveries (and ones whose claim expired) for `lease_secs`,
+/// skipping rows other workers hold, disabled endpoints, and, for ordered endpoints,
+/// deliveries with an unfinished predecessor in their stream. No endpoint gets more than
+/// its `max_in_flight`, less what this worker already has in flight for it
+/// (`busy_endpoints` with `busy_counts`).
+pub async fn claim(
+    conn: &mut AsyncPgConnection,
+    limit: i64,
+    lease_secs: f64,
+    token: Uuid,
+    busy_endpoints: &[Uuid],
+    busy_counts: &[i32],
+) -> QueryResult<Vec<Claimed>> {
+    diesel::sql_query(
+        "WITH candidates AS ( \
+           SELECT c.id, c.endpoint_id, c.next_attempt_at, e.max_in_flight \
+             FROM deliveries c JOIN endpoints e ON e.id = c.endpoint_id \
+            WHERE ((c.status = 'pending' AND c.next_attempt_at <= now()) \
+                OR (c.status = 'delivering' AND c.lease_until < now())) \
+              AND e.enabled \
+              AND (NOT e.ordered OR NOT EXISTS ( \
+                    SELECT 1 FROM deliveries p \
+                     WHERE p.endpoint_id = c.endpoint_id AND p.stream = c.stream \
+                       AND p.seq < c.seq AND p.status IN ('pending', 'delivering'))) \
+            ORDER BY c.next_attempt_at NULLS FIRST \
+            LIMIT $1 * 4 \
+            FOR UPDATE OF c SKIP LOCKED), \
+         ranked AS ( \
+           SELECT k.id, k.next_attempt_at, \
+                  row_number() OVER (PARTITION BY k.endpoint_id ORDER BY k.next_attempt_at NULLS FIRST) AS rn, \
+                  k.max_in_flight - COALESCE(b.n, 0) AS room \
+             FROM candidates k \
+             LEFT JOIN unnest($4::uuid[], $5::int4[]) AS b(endpoint_id, n) ON b.endpoint_id = k.endpoint_id), \
+         chosen AS ( \
+           SELECT id FROM ranked WHERE rn <= room ORDER BY next_attempt_at NULLS FIRST LIMIT $1), \
+         claimed AS ( \
+           UPDATE deliveries d \
+              SET status = 'delivering', lease_until = now() + make_interval(secs => $2), \
+                  claim_token = $3, attempts = d.attempts + 1, updated_at = now() \
+            WHERE d.id IN (SELECT id FROM chosen) \
+           RETURNING d.*) \
+         SELECT claimed.id, claimed.attempts, claimed.replay_requested, claimed.replay_requested_by, \
+                ev.id AS event_id, ev.stream, ev.seq, ev.event_type, ev.payload::text AS payload, \
+                ev.created_at AS event_created_at, e.id AS endpoint_id, e.url, e.secret, \
+                CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret, \
+                e.headers, e.max_in_flight \
+           FROM claimed JOIN events ev ON ev.id = claimed.event_id \
+                        JOIN endpoints e ON e.id = claimed.endpoint_id",
+    )
+    .bind::<BigInt, _>(limit)
+    .bind::<Double, _>(lease_secs)
+    .bind::<SqlUuid, _>(token)
+    .bind::<Array<SqlUuid>, _>(busy_endpoints)
+    .bind::<Array<Integer>, _>(busy_counts)
+    .load(conn)
+    .await
+}
+
+/// Where an attempt leaves its delivery.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// succeeded, pending (retry) or failed.
+    pub status: &'static str,
+    /// For pending: when.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Status code received, if any.
+    pub status_code: Option<i32>,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Records an attempt and its outcome, if this worker still holds the claim. Returns
+/// whether it did (a claim that expired and was taken over is not overwritten).
+pub async fn record(
+    conn: &mut AsyncPgConnection,
+    delivery_id: Uuid,
+    token: Uuid,
+    outcome: &Outcome,
+    attempt: &Attempt,
+) -> QueryResult<bool> {
+    let updated = diesel::sql_query(
+        "UPDATE deliveries SET status = $3, next_attempt_at = $4, lease_until = NULL, \
+                claim_token = NULL, last_status_code = $5, last_error = $6, \
+                replay_requested = false, replay_requested_by = NULL, updated_at = now() \
+          WHERE id = $1 AND claim_token = $2",
+    )
+    .bind::<SqlUuid, _>(delivery_id)
+    .bind::<SqlUuid, _>(token)
+    .bind::<Text, _>(outcome.status)
+    .bind::<Nullable<Timestamptz>, _>(outcome.next_attempt_at)
+    .bind::<Nullable<Integer>, _>(outcome.status_code)
+    .bind::<Nullable<Text>, _>(outcome.error.as_deref())
+    .execute(conn)
+    .await?;
+    diesel::insert_into(attempts::table)
+        .values(attempt)
+        .execute(conn)
+        .await?;
+    Ok(updated == 1)
+}
+
+/// Marks an endpoint's unfinished deliveries failed (it was disabled or deleted).
+pub async fn fail_unfinished(
+    conn: &mut AsyncPgConnection,
+    endpoint_id: Uuid,
+    reason: &str,
+) -> QueryResult<usize> {
+    diesel::update(
+        deliveries::table
+            .filter(deliveries::endpoint_id.eq(endpoint_id))
+            .filter(deliveries::status.eq_any(["pending", "delivering"])),
+    )
+    .set((
+        deliveries::status.eq("failed"),
+        deliveries::last_error.eq(reason),
+        deliveries::next_attempt_at.eq(None::<DateTime<Utc>>),
+        deliveries::lease_until.eq(None::<DateTime<Utc>>),
+        deliveries::claim_token.eq(None::<Uuid>),
+        deliveries::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await
+}
+
+/// The delivery with this id.
+pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<Delivery>> {
+    deliveries::table
+        .find(id)
+        .select(Delivery::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// A delivery's attempts, oldest first.
+pub async fn attempts_of(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Vec<Attempt>> {
+    attempts::table
+        .filter(attempts::delivery_id.eq(id))
+        .order(attempts::started_at.asc())
+        .select(Attempt::as_select())
+        .load(conn)
+        .await
+}
+
+/// Makes a delivery due now, as a replay asked for by `by`. Returns whether it was found
+/// in a state that allows it (anything but `delivering`).
+pub async fn request_replay(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    by: Uuid,
+) -> QueryResult<Option<bool>> {
+    let Some(delivery) = find(conn, id).await? else {
+        return Ok(None);
+    };
+    if delivery.status == "delivering" {
+        return Ok(Some(false));
+    }
+    diesel::update(deliveries::table.find(id))
+        .set((
+            deliveries::status.eq("pending"),
+            deliveries::next_attempt_at.eq(diesel::dsl::now),
+            deliveries::replay_requested.eq(true),
+            deliveries::replay_requested_by.eq(Some(by)),
+            deliveries::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(Some(true))
+}
+
+/// Filters of `GET /v1/deliveries`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Status.
+    pub status: Option<String>,
+    /// Endpoint.
+    pub endpoint_id: Option<Uuid>,
+    /// Event type.
+    pub event_type: Option<String>,
+    /// Stream.
+    pub stream: Option<String>,
+    /// Last status code.
+    pub status_code: Option<i32>,
+    /// Created at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Newest first, after the keyset cursor `(created_at, id)` if given.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    filter: &DeliveryFilter,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> QueryResult<Vec<Delivery>> {
+    let mut query = deliveries::table.select(Delivery::as_select()).into_boxed();
+    if let Some(status) = &filter.status {
+        query = query.filter(deliveries::status.eq(status.clone()));
+    }
+    if let Some(endpoint_id) = filter.endpoint_id {
+        query = query.filter(deliveries::endpoint_id.eq(endpoint_id));
+    }
+    if let Some(event_type) = &filter.event_type {
+        query = query.filter(deliveries::event_type.eq(event_type.clone()));
+    }
+    if let Some(stream) = &filter.stream {
+        query = query.filter(deliveries::stream.eq(stream.clone()));
+    }
+    if let Some(code) = filter.status_code {
+        query = query.filter(deliveries::last_status_code.eq(code));
+    }
+    if let Some(since) = filter.since {
+        query = query.filter(deliveries::created_at.ge(since));
+    }
+    if let Some(until) = filter.until {
+        query = query.filter(deliveries::created_at.lt(until));
+    }
+    if let Some((at, id)) = cursor {
+        query = query.filter(
+            deliveries::created_at
+                .lt(at)
+                .or(deliveries::created_at.eq(at).and(deliveries::id.lt(id))),
+        );
+    }
+    query
+        .order((deliveries::created_at.desc(), deliveries::id.desc()))
+        .limit(limit)
+        .load(conn)
+        .await
+}

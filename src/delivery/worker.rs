@@ -1,0 +1,290 @@
+//! The claim loop.
+//!
+//! Deliveries are claimed in batches with `FOR UPDATE SKIP LOCKED` (so instances never take
+//! the same row) and a lease of the request timeout plus a margin: the row lock is released
+//! when the claim commits, before any HTTP request, and a crashed worker's claims become
+//! claimable again when their lease runs out. Each claim carries a token; an outcome is
+//! recorded only while the token still matches, so a delivery is never attempted twice at
+//! the same time by design, and a late writer cannot overwrite a newer claim.
+//!
+//! Fairness: `HERALD_DELIVERY_CONCURRENCY` attempts run at once per instance, and each
+//! endpoint gets at most its `max_in_flight` of them (counted per instance), so a slow or
+//! dead endpoint ties up only its own share and never delays healthy ones.
+//!
+//! New deliveries wake the worker at once (in-process after a local commit, `NOTIFY` from
+//! other instances); a poll every second is the fallback, and picks up retries as they fall
+//! due.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::Utc;
+use rand::Rng as _;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::outcome::{Answer, Next, next};
+use super::sender::{Sender, Sent};
+use crate::db::DbPool;
+use crate::db::models::delivery::{self, Attempt, Claimed, Outcome};
+use crate::db::models::endpoint;
+use crate::domain::retry::RetrySchedule;
+use crate::metrics::{Metrics, inc};
+
+/// How long a claim outlives the request timeout.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// The slow fallback poll.
+const POLL: Duration = Duration::from_secs(1);
+/// Most deliveries claimed per query.
+const CLAIM_BATCH: usize = 64;
+
+/// The worker's configuration and shared parts.
+pub struct Worker {
+    pool: DbPool,
+    sender: Sender,
+    schedule: RetrySchedule,
+    lease: Duration,
+    concurrency: usize,
+    wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    in_flight: Mutex<HashMap<Uuid, usize>>,
+    /// The earliest retry this worker scheduled, so that short retry delays do not wait
+    /// for the poll.
+    soonest_retry: Mutex<Option<chrono::DateTime<Utc>>>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker; `wake` is notified when deliveries become due.
+    pub fn new(
+        pool: DbPool,
+        sender: Sender,
+        schedule: RetrySchedule,
+        timeout: Duration,
+        concurrency: usize,
+        wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            sender,
+            schedule,
+            lease: timeout + LEASE_MARGIN,
+            concurrency,
+            wake,
+            metrics,
+            in_flight: Mutex::new(HashMap::new()),
+            soonest_retry: Mutex::new(None),
+        })
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs until `cancel`, then waits (up to the lease) for attempts in flight.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        loop {
+            self.claim_and_spawn(&permits).await;
+            let pause = self.pause();
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+        let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(self.lease, permits.acquire_many(all)).await;
+    }
+
+    /// How long to sleep when nothing wakes the worker: the poll interval, or less when a
+    /// retry this worker scheduled falls due sooner.
+    fn pause(&self) -> Duration {
+        let mut soonest = self
+            .soonest_retry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *soonest {
+            Some(at) => match (at - Utc::now()).to_std() {
+                Ok(left) if left < POLL => left,
+                Ok(_) => POLL,
+                Err(_) => {
+                    *soonest = None;
+                    Duration::ZERO
+                }
+            },
+            None => POLL,
+        }
+    }
+
+    /// Claims as much as free capacity allows and starts the attempts.
+    async fn claim_and_spawn(self: &Arc<Self>, permits: &Arc<Semaphore>) {
+        loop {
+            let free = permits.available_permits().min(CLAIM_BATCH);
+            if free == 0 {
+                return;
+            }
+            let (busy, counts): (Vec<Uuid>, Vec<i32>) = self
+                .in_flight()
+                .iter()
+                .map(|(id, n)| (*id, i32::try_from(*n).unwrap_or(i32::MAX)))
+                .unzip();
+            let token = Uuid::now_v7();
+            let claimed = async {
+                let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
+                delivery::claim(
+                    &mut conn,
+                    free as i64,
+                    self.lease.as_secs_f64(),
+                    token,
+                    &busy,
+                    &counts,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+            .await;
+            let batch = match claimed {
+                Ok(batch) => batch,
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not claim deliveries");
+                    return;
+                }
+            };
+            let full = batch.len() == free;
+            for claimed in batch {
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                *self.in_flight().entry(claimed.endpoint_id).or_default() += 1;
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    worker.attempt(claimed, token).await;
+                    drop(permit);
+                    worker.wake.notify_one();
+                });
+            }
+            if !full {
+                return;
+            }
+        }
+    }
+
+    async fn attempt(&self, claimed: Claimed, token: Uuid) {
+        let sent = self.sender.send(&claimed).await;
+        let endpoint_id = claimed.endpoint_id;
+        if let Err(err) = self.record(&claimed, token, sent).await {
+            // The claim stays until its lease ends; then the delivery is tried again.
+            tracing::warn!(delivery = %claimed.id, error = %err, "could not record an attempt");
+        }
+        let mut in_flight = self.in_flight();
+        if let Some(n) = in_flight.get_mut(&endpoint_id) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&endpoint_id);
+            }
+        }
+    }
+
+    async fn record(&self, claimed: &Claimed, token: Uuid, sent: Sent) -> anyhow::Result<()> {
+        let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
+        let draw = rand::rng().random_range(-1.0..=1.0);
+        let next_state = next(&sent.answer, attempts, &self.schedule, Utc::now(), draw);
+        let (status_code, error) = match &sent.answer {
+            Answer::Status { code, .. } => (
+                Some(i32::from(*code)),
+                (!(200..300).contains(code)).then(|| format!("HTTP {code}")),
+            ),
+            Answer::Error { class, detail } => (None, Some(format!("{class}: {detail}"))),
+        };
+        let outcome = match &next_state {
+            Next::Succeeded => Outcome {
+                status: "succeeded",
+                next_attempt_at: None,
+                status_code,
+                error: None,
+            },
+            Next::Retry(at) => Outcome {
+                status: "pending",
+                next_attempt_at: Some(*at),
+                status_code,
+                error,
+            },
+            Next::Exhausted => Outcome {
+                status: "failed",
+                next_attempt_at: None,
+                status_code,
+                error: error.map(|e| format!("{e} (no attempts left)")),
+            },
+            Next::Gone => Outcome {
+                status: "failed",
+                next_attempt_at: None,
+                status_code,
+                error: Some("HTTP 410: the receiver asked to stop; endpoint disabled".into()),
+            },
+        };
+        let (error_class, error_detail) = match &sent.answer {
+            Answer::Error { class, detail } => (Some((*class).to_owned()), Some(detail.clone())),
+            Answer::Status { .. } => (None, None),
+        };
+        let attempt = Attempt {
+            id: Uuid::now_v7(),
+            delivery_id: claimed.id,
+            started_at: sent.started_at,
+            duration_ms: i32::try_from(sent.duration.as_millis()).unwrap_or(i32::MAX),
+            trigger: if claimed.replay_requested {
+                "replay"
+            } else {
+                "schedule"
+            }
+            .to_owned(),
+            triggered_by: claimed.replay_requested_by,
+            request_headers: sent.request_headers,
+            response_status: status_code,
+            response_headers: sent.response_headers,
+            response_body: sent.response_body,
+            error_class,
+            error_detail,
+        };
+        let mut conn = self.pool.get().await?;
+        use diesel_async::AsyncConnection as _;
+        let endpoint_id = claimed.endpoint_id;
+        let gone = next_state == Next::Gone;
+        conn.transaction(async |conn| {
+            delivery::record(conn, claimed.id, token, &outcome, &attempt).await?;
+            if gone {
+                endpoint::disable(conn, endpoint_id, "the receiver answered 410 Gone").await?;
+                delivery::fail_unfinished(conn, endpoint_id, "endpoint disabled").await?;
+            }
+            Ok::<_, diesel::result::Error>(())
+        })
+        .await?;
+        match next_state {
+            Next::Succeeded => inc(&self.metrics.deliveries_succeeded),
+            Next::Retry(at) => {
+                inc(&self.metrics.deliveries_retried);
+                let mut soonest = self
+                    .soonest_retry
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if soonest.is_none_or(|s| at < s) {
+                    *soonest = Some(at);
+                }
+            }
+            Next::Exhausted | Next::Gone => inc(&self.metrics.deliveries_failed),
+        }
+        Ok(())
+    }
+}

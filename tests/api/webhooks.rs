@@ -1,0 +1,483 @@
+//! Signed webhook delivery to real receivers on loopback.
+
+use std::time::{Duration, Instant};
+
+use herald::config::Settings;
+use herald::domain::destination::DestinationGuard;
+use herald::domain::retry::RetrySchedule;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_KEY, TestApp, assert_problem, spawn_app_with};
+use crate::receiver::{Received, Receiver, Reply};
+
+fn fast(settings: &mut Settings, schedule: &str) {
+    settings.destinations = DestinationGuard::parse_allowed("127.0.0.0/8,::1/128").unwrap();
+    settings.retry_schedule = RetrySchedule::parse(schedule).unwrap();
+    settings.delivery_timeout = Duration::from_secs(2);
+}
+
+async fn webhook_app(schedule: &str) -> TestApp {
+    let schedule = schedule.to_owned();
+    spawn_app_with(move |s| fast(s, &schedule)).await
+}
+
+async fn create_endpoint(app: &TestApp, body: Value) -> Value {
+    let response = app.post("/v1/endpoints", &body).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
+}
+
+/// Polls a delivery until its status is `status` (10 s at most).
+async fn wait_for_status(app: &TestApp, delivery_id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let delivery: Value = app
+            .get(&format!("/v1/deliveries/{delivery_id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if delivery["status"] == status {
+            return delivery;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "delivery stayed {}: {delivery}",
+            delivery["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn only_delivery(app: &TestApp) -> Value {
+    let page: Value = app.get("/v1/deliveries").await.json().await.unwrap();
+    let deliveries = page["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1, "{page}");
+    deliveries[0].clone()
+}
+
+fn verify(secret: &str, request: &Received) -> bool {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &request.headers {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&request.body, &headers)
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_arrives_signed_in_the_standard_format() {
+    let app = webhook_app("1s").await;
+    let receiver = Receiver::start().await;
+    let endpoint = create_endpoint(
+        &app,
+        json!({"url": receiver.url, "headers": {"X-Team": "billing"}}),
+    )
+    .await;
+    let secret = endpoint["secret"].as_str().unwrap();
+    let event = app
+        .publish(
+            "payment:pay_1",
+            "payment.succeeded",
+            json!({"amount": 1000}),
+        )
+        .await;
+
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let request = &got[0];
+    assert!(verify(secret, request), "the signature does not verify");
+    assert_eq!(request.headers["webhook-id"], event["id"].as_str().unwrap());
+    assert_eq!(request.headers["content-type"], "application/json");
+    assert!(request.headers["user-agent"].starts_with("Herald/"));
+    assert_eq!(request.headers["x-team"], "billing");
+    let body = request.json();
+    assert_eq!(body["id"], event["id"]);
+    assert_eq!(body["type"], "payment.succeeded");
+    assert_eq!(body["stream"], "payment:pay_1");
+    assert_eq!(body["seq"], 1);
+    assert_eq!(body["data"], json!({"amount": 1000}));
+    assert!(chrono::DateTime::parse_from_rfc3339(body["timestamp"].as_str().unwrap()).is_ok());
+
+    let delivery = only_delivery(&app).await;
+    let delivery = wait_for_status(&app, delivery["id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(delivery["attempts"].as_array().unwrap().len(), 1);
+    let attempt = &delivery["attempts"][0];
+    assert_eq!(attempt["response_status"], 200);
+    assert_eq!(attempt["response_body"], "status 200");
+    assert_eq!(attempt["trigger"], "schedule");
+    assert_eq!(attempt["request_headers"]["webhook-id"], event["id"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_rotation_both_secrets_verify() {
+    let app = webhook_app("1s").await;
+    let receiver = Receiver::start().await;
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url})).await;
+    let old = endpoint["secret"].as_str().unwrap().to_owned();
+    let id = endpoint["id"].as_str().unwrap();
+    let rotated: Value = app
+        .request(
+            Method::POST,
+            &format!("/v1/endpoints/{id}/rotate-secret"),
+            ADMIN_KEY,
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new = rotated["secret"].as_str().unwrap();
+    app.publish("s", "t", json!(1)).await;
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert!(verify(new, &got[0]));
+    assert!(verify(&old, &got[0]));
+    assert_eq!(got[0].headers["webhook-signature"].split(' ').count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_twice_then_succeeding_takes_three_tries_with_one_webhook_id() {
+    let app = webhook_app("100ms,100ms,100ms").await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500), Reply::status(503)]);
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    let event = app.publish("s", "t", json!(1)).await;
+
+    let got = receiver.wait_for(3, Duration::from_secs(5)).await;
+    assert!(
+        got.iter()
+            .all(|r| r.headers["webhook-id"] == event["id"].as_str().unwrap())
+    );
+    let delivery = only_delivery(&app).await;
+    let delivery = wait_for_status(&app, delivery["id"].as_str().unwrap(), "succeeded").await;
+    let codes: Vec<i64> = delivery["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["response_status"].as_i64().unwrap())
+        .collect();
+    assert_eq!(codes, vec![500, 503, 200]);
+    assert_eq!(receiver.received().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_always_failing_receiver_ends_failed_and_a_replay_then_succeeds() {
+    let app = webhook_app("100ms,100ms").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(500));
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    app.publish("s", "t", json!(1)).await;
+    receiver.wait_for(3, Duration::from_secs(5)).await;
+    let delivery = only_delivery(&app).await;
+    let id = delivery["id"].as_str().unwrap().to_owned();
+    let failed = wait_for_status(&app, &id, "failed").await;
+    assert_eq!(failed["attempts"].as_array().unwrap().len(), 3);
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("no attempts left")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.received().len(),
+        3,
+        "no attempt after the schedule ended"
+    );
+
+    receiver.set_default(Reply::status(200));
+    let replay = app
+        .request(
+            Method::POST,
+            &format!("/v1/deliveries/{id}/replay"),
+            ADMIN_KEY,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 202);
+    receiver.wait_for(4, Duration::from_secs(5)).await;
+    let done = wait_for_status(&app, &id, "succeeded").await;
+    let attempts = done["attempts"].as_array().unwrap();
+    assert_eq!(
+        attempts.len(),
+        4,
+        "a replay adds an attempt and keeps the history"
+    );
+    assert_eq!(attempts[3]["trigger"], "replay");
+    let keys: Value = app.get("/v1/keys").await.json().await.unwrap();
+    assert_eq!(attempts[3]["triggered_by"], keys["keys"][0]["id"]);
+    assert_eq!(attempts[0]["trigger"], "schedule");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_postpones_the_next_attempt() {
+    let app = webhook_app("100ms,100ms").await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(429).header("Retry-After", "2")]);
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    app.publish("s", "t", json!(1)).await;
+    let got = receiver.wait_for(2, Duration::from_secs(6)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap >= Duration::from_millis(1900), "retried after {gap:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_endpoint_and_later_events_are_kept_as_failed() {
+    let app = webhook_app("100ms").await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(410)]);
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url})).await;
+    let path = format!("/v1/endpoints/{}", endpoint["id"].as_str().unwrap());
+    app.publish("s", "t", json!(1)).await;
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    let first = only_delivery(&app).await;
+    wait_for_status(&app, first["id"].as_str().unwrap(), "failed").await;
+    let disabled: Value = app.get(&path).await.json().await.unwrap();
+    assert_eq!(disabled["enabled"], false);
+    assert!(
+        disabled["disabled_reason"]
+            .as_str()
+            .unwrap()
+            .contains("410")
+    );
+
+    app.publish("s", "t", json!(2)).await;
+    let page: Value = app
+        .get("/v1/deliveries?status=failed")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let deliveries = page["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries[0]["last_error"], "endpoint disabled");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 1);
+
+    // Fixed and re-enabled: the kept delivery can be replayed.
+    let enabled = app
+        .request(Method::PATCH, &path, ADMIN_KEY)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enabled.status(), 200);
+    let id = deliveries[0]["id"].as_str().unwrap();
+    app.request(
+        Method::POST,
+        &format!("/v1/deliveries/{id}/replay"),
+        ADMIN_KEY,
+    )
+    .send()
+    .await
+    .unwrap();
+    let got = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].json()["data"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let app = webhook_app("100ms").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(302).header("Location", "http://127.0.0.1:1/elsewhere"));
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    app.publish("s", "t", json!(1)).await;
+    let delivery = only_delivery(&app).await;
+    let failed = wait_for_status(&app, delivery["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(failed["last_status_code"], 302);
+    assert_eq!(receiver.received().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_that_resolves_to_loopback_is_blocked_at_send_time() {
+    // No allow-list: `localhost` passes registration (names are checked when resolved).
+    let app = spawn_app_with(|s| {
+        s.retry_schedule = RetrySchedule::parse("").unwrap();
+        s.delivery_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let url = receiver.url.replace("127.0.0.1", "localhost");
+    create_endpoint(&app, json!({"url": url})).await;
+    app.publish("s", "t", json!(1)).await;
+    let delivery = only_delivery(&app).await;
+    let failed = wait_for_status(&app, delivery["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(failed["attempts"][0]["error_class"], "blocked_destination");
+    assert!(receiver.received().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_does_not_delay_a_healthy_one() {
+    let app = webhook_app("10s").await;
+    let stuck = Receiver::start().await;
+    stuck.set_default(Reply::status(200).after(Duration::from_secs(30)));
+    let healthy = Receiver::start().await;
+    create_endpoint(&app, json!({"url": stuck.url, "max_in_flight": 2})).await;
+    create_endpoint(&app, json!({"url": healthy.url})).await;
+    let started = Instant::now();
+    for i in 0..20 {
+        app.publish(&format!("s{i}"), "t", json!(i)).await;
+    }
+    healthy.wait_for(20, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "healthy endpoint took {:?}",
+        started.elapsed()
+    );
+    // The stuck endpoint has at most its max_in_flight attempts open.
+    assert!(
+        stuck.received().len() <= 2,
+        "{} attempts in flight",
+        stuck.received().len()
+    );
+    let page: Value = app
+        .get("/v1/deliveries?limit=100")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let timeouts = page["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["status"] == "delivering")
+        .count();
+    assert!(timeouts <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_endpoint_gets_each_stream_in_seq_order_despite_failures() {
+    let app = webhook_app("50ms,50ms,50ms,50ms,50ms,50ms,50ms,50ms").await;
+    let receiver = Receiver::start().await;
+    // Every third request fails.
+    receiver.script((0..300).map(|i| {
+        if i % 3 == 1 {
+            Reply::status(500)
+        } else {
+            Reply::status(200)
+        }
+    }));
+    create_endpoint(&app, json!({"url": receiver.url, "ordered": true})).await;
+    let events: Vec<Value> = (0..100)
+        .map(|i| json!({"stream": "orders", "type": "t", "payload": i}))
+        .collect();
+    assert_eq!(
+        app.post("/v1/events/batch", &json!({"events": events}))
+            .await
+            .status(),
+        201
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page: Value = app
+            .get("/v1/deliveries?status=succeeded&limit=200")
+            .await
+            .json()
+            .await
+            .unwrap();
+        if page["deliveries"].as_array().unwrap().len() == 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The successful receipts, in arrival order, are seq 1..=100.
+    let mut delivered = Vec::new();
+    let script_failures: Vec<bool> = (0..receiver.received().len()).map(|i| i % 3 == 1).collect();
+    for (request, failed) in receiver.received().iter().zip(script_failures) {
+        let seq = request.json()["seq"].as_i64().unwrap();
+        if !failed {
+            delivered.push(seq);
+        }
+    }
+    assert_eq!(delivered, (1..=100).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_are_listed_newest_first_with_filters_and_cursors() {
+    let app = webhook_app("1s").await;
+    let receiver = Receiver::start().await;
+    let a = create_endpoint(&app, json!({"url": receiver.url, "streams": ["a:*"]})).await;
+    create_endpoint(&app, json!({"url": receiver.url, "event_types": ["x.y"]})).await;
+    for i in 0..5 {
+        app.publish("a:1", "t", json!(i)).await;
+    }
+    app.publish("b:1", "x.y", json!(9)).await;
+    app.publish("c:1", "z", json!(9)).await; // matches neither endpoint
+    receiver.wait_for(6, Duration::from_secs(5)).await;
+
+    let all: Value = app.get("/v1/deliveries").await.json().await.unwrap();
+    let all = all["deliveries"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 6);
+    assert_eq!(all[0]["stream"], "b:1", "newest first");
+
+    let mine: Value = app
+        .get(&format!(
+            "/v1/deliveries?endpoint_id={}&limit=2",
+            a["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut seen: Vec<i64> = mine["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["seq"].as_i64().unwrap())
+        .collect();
+    let mut cursor = mine["next_cursor"].as_str().map(str::to_owned);
+    while let Some(c) = cursor {
+        let page: Value = app
+            .get(&format!(
+                "/v1/deliveries?endpoint_id={}&limit=2&cursor={c}",
+                a["id"].as_str().unwrap()
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["seq"].as_i64().unwrap()),
+        );
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, vec![5, 4, 3, 2, 1]);
+
+    let typed: Value = app
+        .get("/v1/deliveries?event_type=x.y&stream=b:1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(typed["deliveries"].as_array().unwrap().len(), 1);
+    let bad = app.get("/v1/deliveries?status=lost").await;
+    assert_eq!(
+        assert_problem(bad, 422, "validation").await["field"],
+        "status"
+    );
+    let bad = app.get("/v1/deliveries?cursor=nonsense").await;
+    assert_eq!(
+        assert_problem(bad, 422, "validation").await["field"],
+        "cursor"
+    );
+    assert_problem(
+        app.get(&format!("/v1/deliveries/{}", uuid::Uuid::now_v7()))
+            .await,
+        404,
+        "not-found",
+    )
+    .await;
+}
