@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::body::read_json;
+use super::fields::Fields;
 use crate::auth::Principal;
 use crate::db::models::delivery::{self, Attempt, Delivery, DeliveryFilter};
 use crate::domain::{EventType, StreamName};
@@ -21,6 +23,7 @@ const STATUSES: [&str; 4] = ["pending", "delivering", "succeeded", "failed"];
 /// Registers the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/deliveries", web::get().to(list_deliveries))
+        .route("/deliveries/replay", web::post().to(replay_deliveries))
         .route("/deliveries/{id}", web::get().to(get_delivery))
         .route("/deliveries/{id}/replay", web::post().to(replay_delivery));
 }
@@ -97,7 +100,7 @@ impl From<Attempt> for AttemptDto {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct ListQuery {
     status: Option<String>,
     endpoint_id: Option<String>,
@@ -283,4 +286,85 @@ async fn replay_delivery(
             Ok(HttpResponse::Accepted().json(serde_json::json!({"id": id, "status": "pending"})))
         }
     }
+}
+
+/// The most deliveries one bulk replay touches.
+pub const MAX_BULK_REPLAY: i64 = 100_000;
+const FILTER_FIELDS: [&str; 7] = [
+    "status",
+    "endpoint_id",
+    "event_type",
+    "stream",
+    "status_code",
+    "since",
+    "until",
+];
+
+async fn replay_deliveries(
+    req: HttpRequest,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let (body, _) = read_json::<Value>(&req, body, 16 * 1024, "16 KiB").await?;
+    let fields = Fields::new(body, &["filter", "dry_run"])?;
+    let dry_run = fields.bool("dry_run")?.unwrap_or(false);
+    let Some(Value::Object(raw)) = fields.value("filter") else {
+        return Err(ApiError::invalid(
+            "filter",
+            "is required: an object such as {\"status\": \"failed\"}",
+        ));
+    };
+    let mut query = ListQuery::default();
+    for (key, value) in raw {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("filter.{key}"),
+                    "must be a string",
+                ));
+            }
+        };
+        match key.as_str() {
+            "status" => query.status = Some(text),
+            "endpoint_id" => query.endpoint_id = Some(text),
+            "event_type" => query.event_type = Some(text),
+            "stream" => query.stream = Some(text),
+            "status_code" => query.status_code = Some(text),
+            "since" => query.since = Some(text),
+            "until" => query.until = Some(text),
+            other => {
+                return Err(ApiError::invalid(
+                    format!("filter.{other}"),
+                    format!("is not a filter (filters: {})", FILTER_FIELDS.join(", ")),
+                ));
+            }
+        }
+    }
+    if raw.is_empty() {
+        return Err(ApiError::invalid(
+            "filter",
+            "must name at least one condition, such as {\"status\": \"failed\"}",
+        ));
+    }
+    let filter = parse_filter(&query)?;
+    let mut conn = state.pool.get().await?;
+    if dry_run {
+        let matched = delivery::count_replayable(&mut conn, &filter).await?;
+        return Ok(HttpResponse::Ok().json(serde_json::json!({"replayed": 0, "matched": matched})));
+    }
+    let replayed =
+        delivery::replay_matching(&mut conn, &filter, principal.key_id, MAX_BULK_REPLAY).await?;
+    if replayed > 0 {
+        state.notifier.deliveries_due();
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"replayed": replayed})))
+}
+
+/// Parses an RFC 3339 time for `field`.
+pub fn parse_rfc3339(field: &str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
+    parse_time(field, raw)
 }

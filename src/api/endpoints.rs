@@ -65,7 +65,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             "/endpoints/{id}/rotate-secret",
             web::post().to(rotate_endpoint_secret),
-        );
+        )
+        .route("/endpoints/{id}/recover", web::post().to(recover_endpoint));
 }
 
 /// An endpoint as the API shows it (never with its secret, except where noted).
@@ -386,4 +387,42 @@ async fn rotate_endpoint_secret(
         secret: new_secret.expose(),
         previous_secret_expires_at: expires,
     }))
+}
+
+async fn recover_endpoint(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = endpoint_id(&path)?;
+    let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
+    let fields = Fields::new(body, &["since", "until"])?;
+    let since = fields
+        .string("since")?
+        .ok_or_else(|| ApiError::invalid("since", "is required: an RFC 3339 time"))
+        .and_then(|raw| super::deliveries::parse_rfc3339("since", &raw))?;
+    let until = match fields.string("until")? {
+        Some(raw) => super::deliveries::parse_rfc3339("until", &raw)?,
+        None => Utc::now(),
+    };
+    if since >= until {
+        return Err(ApiError::invalid("until", "must be after since"));
+    }
+    let mut conn = state.pool.get().await?;
+    let found = endpoint::find(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id}")))?;
+    if !found.enabled {
+        return Err(ApiError::Conflict(
+            "the endpoint is disabled; enable it before recovering its events".into(),
+        ));
+    }
+    let recovered = delivery::recover(&mut conn, id, since, until, principal.key_id).await?;
+    if recovered > 0 {
+        state.notifier.deliveries_due();
+    }
+    Ok(HttpResponse::Accepted().json(serde_json::json!({"recovered": recovered})))
 }

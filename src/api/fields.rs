@@ -28,6 +28,11 @@ impl Fields {
         self.0.get(name)
     }
 
+    /// A field's raw value.
+    pub fn value(&self, name: &str) -> Option<&Value> {
+        self.get(name)
+    }
+
     /// A string field; `None` when absent.
     pub fn string(&self, name: &str) -> Result<Option<String>, ApiError> {
         match self.get(name) {

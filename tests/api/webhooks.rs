@@ -481,3 +481,116 @@ async fn deliveries_are_listed_newest_first_with_filters_and_cursors() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_replay_and_recover_replay_exactly_the_matching_deliveries() {
+    let app = webhook_app("").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(500));
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url})).await;
+    for i in 0..4 {
+        app.publish("orders", "order.created", json!(i)).await;
+    }
+    app.publish("invoices", "invoice.created", json!(9)).await;
+    receiver.wait_for(5, Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app
+        .get("/v1/deliveries?status=failed")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["deliveries"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 5
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    receiver.set_default(Reply::status(200));
+    let filter =
+        json!({"filter": {"status": "failed", "event_type": "order.created"}, "dry_run": true});
+    let preview: Value = app
+        .post("/v1/deliveries/replay", &filter)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(preview, json!({"replayed": 0, "matched": 4}));
+    let filter = json!({"filter": {"status": "failed", "event_type": "order.created"}});
+    let replayed = app.post("/v1/deliveries/replay", &filter).await;
+    assert_eq!(replayed.status(), 202);
+    assert_eq!(
+        replayed.json::<Value>().await.unwrap(),
+        json!({"replayed": 4})
+    );
+    let got = receiver.wait_for(9, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.received().len(),
+        9,
+        "exactly the 4 matching ones were sent again"
+    );
+    assert!(got[5..].iter().all(|r| r.json()["type"] == "order.created"));
+
+    // Recover: the invoice (still failed) and an event from before the endpoint existed.
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let recovered: Value = app
+        .post(
+            &format!("/v1/endpoints/{}/recover", endpoint["id"].as_str().unwrap()),
+            &json!({"since": since}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recovered, json!({"recovered": 1}));
+    let got = receiver.wait_for(10, Duration::from_secs(5)).await;
+    assert_eq!(got[9].json()["type"], "invoice.created");
+
+    let empty = app
+        .post("/v1/deliveries/replay", &json!({"filter": {}}))
+        .await;
+    assert_eq!(
+        assert_problem(empty, 422, "validation").await["field"],
+        "filter"
+    );
+    let unknown = app
+        .post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"colour": "red"}}),
+        )
+        .await;
+    assert_eq!(
+        assert_problem(unknown, 422, "validation").await["field"],
+        "filter.colour"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_sends_events_from_before_the_endpoint_existed() {
+    let app = webhook_app("1s").await;
+    let receiver = Receiver::start().await;
+    app.publish("payment:1", "t", json!("early")).await;
+    app.publish("other", "t", json!("not mine")).await;
+    let endpoint =
+        create_endpoint(&app, json!({"url": receiver.url, "streams": ["payment:*"]})).await;
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let path = format!("/v1/endpoints/{}/recover", endpoint["id"].as_str().unwrap());
+    let recovered: Value = app
+        .post(&path, &json!({"since": since}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recovered, json!({"recovered": 1}));
+    let got = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(got[0].json()["data"], "early");
+    let bad = app.post(&path, &json!({"since": "yesterday"})).await;
+    assert_eq!(
+        assert_problem(bad, 422, "validation").await["field"],
+        "since"
+    );
+}

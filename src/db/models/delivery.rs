@@ -346,6 +346,99 @@ pub async fn request_replay(
     Ok(Some(true))
 }
 
+/// Makes every matching delivery that is not in flight due now, as a replay by `by`
+/// (at most `max`). Returns how many.
+pub async fn replay_matching(
+    conn: &mut AsyncPgConnection,
+    filter: &DeliveryFilter,
+    by: Uuid,
+    max: i64,
+) -> QueryResult<usize> {
+    let ids: Vec<Uuid> = filtered(filter)
+        .filter(deliveries::status.ne("delivering"))
+        .select(deliveries::id)
+        .limit(max)
+        .load(conn)
+        .await?;
+    let mut replayed = 0;
+    for chunk in ids.chunks(5000) {
+        replayed += diesel::update(
+            deliveries::table
+                .filter(deliveries::id.eq_any(chunk))
+                .filter(deliveries::status.ne("delivering")),
+        )
+        .set((
+            deliveries::status.eq("pending"),
+            deliveries::next_attempt_at.eq(diesel::dsl::now),
+            deliveries::replay_requested.eq(true),
+            deliveries::replay_requested_by.eq(Some(by)),
+            deliveries::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    }
+    Ok(replayed)
+}
+
+/// How many deliveries match, not counting those in flight (a bulk replay's preview).
+pub async fn count_replayable(
+    conn: &mut AsyncPgConnection,
+    filter: &DeliveryFilter,
+) -> QueryResult<i64> {
+    filtered(filter)
+        .filter(deliveries::status.ne("delivering"))
+        .count()
+        .get_result(conn)
+        .await
+}
+
+/// Re-delivers to `endpoint_id` every event created in `[since, until)` that it has not
+/// received: its unsuccessful deliveries become due now, and events it never had a
+/// delivery for (sent before it subscribed) get one. Returns how many are now due.
+pub async fn recover(
+    conn: &mut AsyncPgConnection,
+    endpoint_id: Uuid,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    by: Uuid,
+) -> QueryResult<usize> {
+    let replayed = diesel::sql_query(
+        "UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), \
+                replay_requested = true, replay_requested_by = $4, updated_at = now() \
+           FROM events ev \
+          WHERE ev.id = d.event_id AND d.endpoint_id = $1 \
+            AND ev.created_at >= $2 AND ev.created_at < $3 \
+            AND d.status IN ('failed', 'pending')",
+    )
+    .bind::<SqlUuid, _>(endpoint_id)
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<SqlUuid, _>(by)
+    .execute(conn)
+    .await?;
+    let created = diesel::sql_query(
+        "INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                                 next_attempt_at, replay_requested, replay_requested_by, \
+                                 created_at, updated_at) \
+         SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, 'pending', \
+                now(), true, $4, clock_timestamp(), now() \
+           FROM events ev JOIN endpoints e ON e.id = $1 \
+          WHERE ev.created_at >= $2 AND ev.created_at < $3 \
+            AND (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
+            AND (cardinality(e.stream_patterns) = 0 OR EXISTS ( \
+                   SELECT 1 FROM unnest(e.stream_patterns) AS p \
+                   WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
+            AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = ev.id AND x.endpoint_id = e.id)",
+    )
+    .bind::<SqlUuid, _>(endpoint_id)
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<SqlUuid, _>(by)
+    .execute(conn)
+    .await?;
+    Ok(replayed + created)
+}
+
 /// Filters of `GET /v1/deliveries`.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -365,14 +458,9 @@ pub struct DeliveryFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
-/// Newest first, after the keyset cursor `(created_at, id)` if given.
-pub async fn list(
-    conn: &mut AsyncPgConnection,
-    filter: &DeliveryFilter,
-    cursor: Option<(DateTime<Utc>, Uuid)>,
-    limit: i64,
-) -> QueryResult<Vec<Delivery>> {
-    let mut query = deliveries::table.select(Delivery::as_select()).into_boxed();
+/// The deliveries matching `filter`, as a query to refine.
+fn filtered(filter: &DeliveryFilter) -> deliveries::BoxedQuery<'static, diesel::pg::Pg> {
+    let mut query = deliveries::table.into_boxed();
     if let Some(status) = &filter.status {
         query = query.filter(deliveries::status.eq(status.clone()));
     }
@@ -394,6 +482,17 @@ pub async fn list(
     if let Some(until) = filter.until {
         query = query.filter(deliveries::created_at.lt(until));
     }
+    query
+}
+
+/// Newest first, after the keyset cursor `(created_at, id)` if given.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    filter: &DeliveryFilter,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> QueryResult<Vec<Delivery>> {
+    let mut query = filtered(filter);
     if let Some((at, id)) = cursor {
         query = query.filter(
             deliveries::created_at
@@ -404,6 +503,7 @@ pub async fn list(
     query
         .order((deliveries::created_at.desc(), deliveries::id.desc()))
         .limit(limit)
+        .select(Delivery::as_select())
         .load(conn)
         .await
 }
