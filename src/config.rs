@@ -61,6 +61,8 @@ pub struct Settings {
     pub retry_schedule: RetrySchedule,
     /// `HERALD_DELIVERY_TIMEOUT`: per webhook attempt.
     pub delivery_timeout: Duration,
+    /// `HERALD_DISABLE_AFTER`: an endpoint with no success for this long is disabled.
+    pub disable_after: Duration,
     /// `HERALD_DELIVERY_CONCURRENCY`: attempts in flight per instance; 0 sends none.
     pub delivery_concurrency: usize,
     /// `HERALD_ALLOWED_DESTINATIONS`: ranges webhooks may reach despite the guard.
@@ -185,6 +187,7 @@ impl Settings {
                 problem: "must be more than 0".into(),
             });
         }
+        let disable_after = parse!("HERALD_DISABLE_AFTER", "5d", parse_duration)?;
         let delivery_concurrency = parse!("HERALD_DELIVERY_CONCURRENCY", "256", |raw| {
             match raw.trim().parse::<usize>() {
                 Ok(n) if n <= 100_000 => Ok(n),
@@ -235,6 +238,7 @@ impl Settings {
             sse_max_lifetime,
             retry_schedule,
             delivery_timeout,
+            disable_after,
             delivery_concurrency,
             destinations,
             retention,

@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::db::models::api_key::{self, ApiKey};
 use crate::db::{self, DbPool};
 use crate::delivery::sender::Sender;
-use crate::delivery::worker::Worker;
+use crate::delivery::worker::{Worker, WorkerSettings};
 use crate::domain::{ApiKeySecret, Role};
 use crate::error::ApiError;
 use crate::ingest::Ingest;
@@ -130,11 +130,15 @@ impl Application {
             let worker = Worker::new(
                 pool.clone(),
                 sender,
-                settings.retry_schedule.clone(),
-                settings.delivery_timeout,
-                settings.delivery_concurrency,
+                WorkerSettings {
+                    schedule: settings.retry_schedule.clone(),
+                    timeout: settings.delivery_timeout,
+                    concurrency: settings.delivery_concurrency,
+                    disable_after: settings.disable_after,
+                },
                 delivery_wake.clone(),
                 metrics.clone(),
+                ingest.clone(),
             );
             background.push(tokio::spawn(worker.run(background_stop.clone())));
         }
@@ -236,11 +240,14 @@ impl Application {
         };
         state.hub.shut_down();
         drop(state);
-        for handle in committers {
-            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, handle).await;
-        }
+        // Background tasks first: the webhook worker lets its attempts in flight finish
+        // (each is bounded by HERALD_DELIVERY_TIMEOUT) and then lets go of its handle to the
+        // committers, which end once every handle is gone and the queue is committed.
         background_stop.cancel();
         for handle in background {
+            let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT * 6, handle).await;
+        }
+        for handle in committers {
             let _ = tokio::time::timeout(SHUTDOWN_TIMEOUT, handle).await;
         }
         result

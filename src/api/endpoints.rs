@@ -85,6 +85,8 @@ pub struct EndpointDto {
     headers: Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    failing_since: Option<DateTime<Utc>>,
+    last_success_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
@@ -106,6 +108,8 @@ impl EndpointDto {
             headers: e.headers,
             created_at: e.created_at,
             updated_at: e.updated_at,
+            failing_since: e.failing_since,
+            last_success_at: e.last_success_at,
         }
     }
 }
@@ -234,6 +238,8 @@ async fn create_endpoint(
         headers: Value::Object(serde_json::Map::new()),
         created_at: now,
         updated_at: now,
+        failing_since: None,
+        last_success_at: None,
     };
     apply(&fields, &mut endpoint, &state.settings.destinations)?;
     let mut conn = state.pool.get().await?;
@@ -299,6 +305,11 @@ async fn update_endpoint(
             apply(&fields, &mut found, &guard)?;
             found.updated_at = Utc::now().trunc_subsecs(6);
             endpoint::save(conn, &found).await?;
+            if !was_enabled && found.enabled {
+                // A fresh start: the disable-after clock restarts.
+                found.failing_since = None;
+                endpoint::save(conn, &found).await?;
+            }
             if was_enabled && !found.enabled {
                 // Kept as failed, to be replayed once the endpoint is fixed.
                 delivery::fail_unfinished(conn, id, "endpoint disabled").await?;

@@ -70,6 +70,8 @@ diesel::table! {
         headers -> Jsonb,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        failing_since -> Nullable<Timestamptz>,
+        last_success_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -27,11 +27,29 @@ use uuid::Uuid;
 
 use super::outcome::{Answer, Next, next};
 use super::sender::{Sender, Sent};
-use crate::db::DbPool;
+use diesel_async::AsyncConnection as _;
+
 use crate::db::models::delivery::{self, Attempt, Claimed, Outcome};
 use crate::db::models::endpoint;
+use crate::db::models::event::PendingEvent;
+use crate::db::{DbPool, RawJson};
 use crate::domain::retry::RetrySchedule;
+use crate::domain::{EventType, StreamName};
+use crate::ingest::Ingest;
 use crate::metrics::{Metrics, inc};
+
+const GONE_REASON: &str = "the receiver answered 410 Gone";
+
+/// `5d`, `3h`, `90s`: a duration as settings spell it.
+fn humanize(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
 
 /// How long a claim outlives the request timeout.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -40,6 +58,40 @@ const POLL: Duration = Duration::from_secs(1);
 /// Most deliveries claimed per query.
 const CLAIM_BATCH: usize = 64;
 
+/// The stream Herald's own operational events go to.
+pub const OPS_STREAM: &str = "herald:ops";
+
+/// What the worker is told at start.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Delays between attempts.
+    pub schedule: RetrySchedule,
+    /// Per-attempt timeout (the claim lasts longer).
+    pub timeout: Duration,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+    /// An endpoint with no success for this long is disabled.
+    pub disable_after: Duration,
+}
+
+/// A per-endpoint token bucket for `rate_limit`.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    max_in_flight: i32,
+    refilled: std::time::Instant,
+}
+
+impl Bucket {
+    fn refill(&mut self) {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate)
+            .min(self.rate.max(1.0));
+        self.refilled = now;
+    }
+}
+
 /// The worker's configuration and shared parts.
 pub struct Worker {
     pool: DbPool,
@@ -47,8 +99,11 @@ pub struct Worker {
     schedule: RetrySchedule,
     lease: Duration,
     concurrency: usize,
+    disable_after: Duration,
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
+    ops: Ingest,
+    buckets: Mutex<HashMap<Uuid, Bucket>>,
     in_flight: Mutex<HashMap<Uuid, usize>>,
     /// The earliest retry this worker scheduled, so that short retry delays do not wait
     /// for the poll.
@@ -64,24 +119,27 @@ impl std::fmt::Debug for Worker {
 }
 
 impl Worker {
-    /// A worker; `wake` is notified when deliveries become due.
+    /// A worker; `wake` is notified when deliveries become due; operational events
+    /// (`endpoint.disabled`, ...) are published through `ops`.
     pub fn new(
         pool: DbPool,
         sender: Sender,
-        schedule: RetrySchedule,
-        timeout: Duration,
-        concurrency: usize,
+        settings: WorkerSettings,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        ops: Ingest,
     ) -> Arc<Self> {
         Arc::new(Self {
             pool,
             sender,
-            schedule,
-            lease: timeout + LEASE_MARGIN,
-            concurrency,
+            schedule: settings.schedule,
+            lease: settings.timeout + LEASE_MARGIN,
+            concurrency: settings.concurrency,
+            disable_after: settings.disable_after,
             wake,
             metrics,
+            ops,
+            buckets: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashMap::new()),
             soonest_retry: Mutex::new(None),
         })
@@ -136,11 +194,7 @@ impl Worker {
             if free == 0 {
                 return;
             }
-            let (busy, counts): (Vec<Uuid>, Vec<i32>) = self
-                .in_flight()
-                .iter()
-                .map(|(id, n)| (*id, i32::try_from(*n).unwrap_or(i32::MAX)))
-                .unzip();
+            let (busy, counts) = self.busy_endpoints();
             let token = Uuid::now_v7();
             let claimed = async {
                 let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
@@ -169,6 +223,7 @@ impl Worker {
                     break;
                 };
                 *self.in_flight().entry(claimed.endpoint_id).or_default() += 1;
+                self.take_token(&claimed);
                 let worker = self.clone();
                 tokio::spawn(async move {
                     worker.attempt(claimed, token).await;
@@ -179,6 +234,61 @@ impl Worker {
             if !full {
                 return;
             }
+        }
+    }
+
+    /// Endpoints to hold back and how "full" to count them: what is in flight here, or,
+    /// for rate-limited endpoints, enough to leave room only for the tokens they have.
+    fn busy_endpoints(&self) -> (Vec<Uuid>, Vec<i32>) {
+        let in_flight = self.in_flight().clone();
+        let mut counts: HashMap<Uuid, i32> = in_flight
+            .iter()
+            .map(|(id, n)| (*id, i32::try_from(*n).unwrap_or(i32::MAX)))
+            .collect();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, bucket) in buckets.iter_mut() {
+            bucket.refill();
+            let allowed = bucket.tokens.floor() as i32;
+            let used = counts.get(id).copied().unwrap_or(0);
+            counts.insert(*id, used.max(bucket.max_in_flight - allowed));
+        }
+        counts.into_iter().unzip()
+    }
+
+    fn take_token(&self, claimed: &Claimed) {
+        let Some(rate) = claimed.rate_limit else {
+            self.buckets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&claimed.endpoint_id);
+            return;
+        };
+        let rate = f64::from(rate);
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let bucket = buckets.entry(claimed.endpoint_id).or_insert(Bucket {
+            tokens: rate.max(1.0),
+            rate,
+            max_in_flight: claimed.max_in_flight,
+            refilled: std::time::Instant::now(),
+        });
+        bucket.rate = rate;
+        bucket.max_in_flight = claimed.max_in_flight;
+        bucket.refill();
+        bucket.tokens -= 1.0;
+    }
+
+    /// Publishes an operational event on `herald:ops` (best effort: a failure is logged).
+    async fn publish_ops(&self, event_type: &str, payload: serde_json::Value) {
+        let (Ok(stream), Ok(kind), Ok(raw)) = (
+            StreamName::parse(OPS_STREAM),
+            EventType::parse(event_type),
+            serde_json::value::to_raw_value(&payload),
+        ) else {
+            return;
+        };
+        let event = PendingEvent::new(stream, kind, RawJson(raw));
+        if let Err(err) = self.ops.submit(vec![event]).await {
+            tracing::warn!(error = %err, event_type, "could not publish an operational event");
         }
     }
 
@@ -259,18 +369,68 @@ impl Worker {
             error_detail,
         };
         let mut conn = self.pool.get().await?;
-        use diesel_async::AsyncConnection as _;
         let endpoint_id = claimed.endpoint_id;
-        let gone = next_state == Next::Gone;
-        conn.transaction(async |conn| {
-            delivery::record(conn, claimed.id, token, &outcome, &attempt).await?;
-            if gone {
-                endpoint::disable(conn, endpoint_id, "the receiver answered 410 Gone").await?;
-                delivery::fail_unfinished(conn, endpoint_id, "endpoint disabled").await?;
-            }
-            Ok::<_, diesel::result::Error>(())
-        })
-        .await?;
+        let disable_after = self.disable_after;
+        let health = next_state.clone();
+        let (recovered_from, disabled) = conn
+            .transaction(async |conn| {
+                if !delivery::record(conn, claimed.id, token, &outcome, &attempt).await? {
+                    return Ok::<_, diesel::result::Error>((None, None));
+                }
+                let disabled = match health {
+                    Next::Succeeded => {
+                        return Ok((endpoint::note_success(conn, endpoint_id).await?, None));
+                    }
+                    Next::Gone => {
+                        endpoint::disable(conn, endpoint_id, GONE_REASON).await?;
+                        Some(GONE_REASON.to_owned())
+                    }
+                    Next::Retry(_) | Next::Exhausted => {
+                        let reason =
+                            format!("no successful delivery for {}", humanize(disable_after));
+                        endpoint::note_failure(conn, endpoint_id, disable_after, &reason)
+                            .await?
+                            .then_some(reason)
+                    }
+                };
+                if disabled.is_some() {
+                    delivery::fail_unfinished(conn, endpoint_id, "endpoint disabled").await?;
+                }
+                Ok((None, disabled))
+            })
+            .await?;
+        if let Some(reason) = disabled {
+            tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
+            self.publish_ops(
+                "endpoint.disabled",
+                serde_json::json!({"endpoint_id": endpoint_id, "url": claimed.url, "reason": reason}),
+            )
+            .await;
+        }
+        if let Some(since) = recovered_from {
+            self.publish_ops(
+                "endpoint.recovered",
+                serde_json::json!({"endpoint_id": endpoint_id, "url": claimed.url, "failing_since": since}),
+            )
+            .await;
+        }
+        if next_state == Next::Exhausted && claimed.stream != OPS_STREAM {
+            // Not for deliveries of ops events themselves: a failing endpoint subscribed
+            // to herald:ops would otherwise feed itself forever.
+            self.publish_ops(
+                "delivery.failed",
+                serde_json::json!({
+                    "delivery_id": claimed.id,
+                    "endpoint_id": endpoint_id,
+                    "event_id": claimed.event_id,
+                    "event_type": claimed.event_type,
+                    "stream": claimed.stream,
+                    "attempts": claimed.attempts,
+                    "last_error": outcome.error,
+                }),
+            )
+            .await;
+        }
         match next_state {
             Next::Succeeded => inc(&self.metrics.deliveries_succeeded),
             Next::Retry(at) => {

@@ -594,3 +594,141 @@ async fn recover_sends_events_from_before_the_endpoint_existed() {
         "since"
     );
 }
+
+/// Reads the `herald:ops` stream.
+async fn ops_events(app: &TestApp) -> Vec<Value> {
+    let page: Value = app
+        .get("/v1/streams/herald:ops/events?wait=0")
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["events"].as_array().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_exhaustion_and_recovery_are_published_on_herald_ops() {
+    let app = spawn_app_with(|s| {
+        fast(s, "100ms");
+        s.disable_after = Duration::from_secs(3600);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500), Reply::status(500), Reply::status(500)]);
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url, "streams": ["orders"]})).await;
+    app.publish("orders", "t", json!(1)).await;
+    receiver.wait_for(2, Duration::from_secs(5)).await;
+    let delivery = only_delivery(&app).await;
+    wait_for_status(&app, delivery["id"].as_str().unwrap(), "failed").await;
+    let failing: Value = app
+        .get(&format!(
+            "/v1/endpoints/{}",
+            endpoint["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(failing["failing_since"].is_string());
+
+    // A success after failures is a recovery.
+    app.publish("orders", "t", json!(2)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ops = loop {
+        let ops = ops_events(&app).await;
+        if ops.len() >= 2 {
+            break ops;
+        }
+        assert!(Instant::now() < deadline, "ops events: {ops:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ops[0]["type"], "delivery.failed");
+    assert_eq!(ops[0]["payload"]["delivery_id"], delivery["id"]);
+    assert_eq!(ops[0]["payload"]["attempts"], 2);
+    assert_eq!(ops[1]["type"], "endpoint.recovered");
+    assert_eq!(ops[1]["payload"]["endpoint_id"], endpoint["id"]);
+    let healthy: Value = app
+        .get(&format!(
+            "/v1/endpoints/{}",
+            endpoint["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(healthy["failing_since"].is_null());
+    assert!(healthy["last_success_at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_longer_than_disable_after_is_disabled() {
+    let app = spawn_app_with(|s| {
+        fast(s, "100ms,100ms,100ms");
+        s.disable_after = Duration::from_secs(60);
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(500));
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url, "streams": ["orders"]})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    app.publish("orders", "t", json!(1)).await;
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    // Pretend the failures began long ago.
+    app.db()
+        .await
+        .execute(
+            "UPDATE endpoints SET failing_since = now() - interval '2 minutes' WHERE id::text = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let current: Value = app
+            .get(&format!("/v1/endpoints/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if current["enabled"] == false {
+            assert_eq!(current["disabled_reason"], "no successful delivery for 1m");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not disabled: {current}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let delivery = only_delivery(&app).await;
+    assert_eq!(delivery["status"], "failed");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ops_events(&app)
+        .await
+        .iter()
+        .any(|e| e["type"] == "endpoint.disabled")
+    {
+        assert!(Instant::now() < deadline, "no endpoint.disabled event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_endpoint_gets_no_more_than_its_rate() {
+    let app = webhook_app("1s").await;
+    let receiver = Receiver::start().await;
+    create_endpoint(&app, json!({"url": receiver.url, "rate_limit": 5})).await;
+    let events: Vec<Value> = (0..15)
+        .map(|i| json!({"stream": format!("s{i}"), "type": "t", "payload": i}))
+        .collect();
+    assert_eq!(
+        app.post("/v1/events/batch", &json!({"events": events}))
+            .await
+            .status(),
+        201
+    );
+    let got = receiver.wait_for(15, Duration::from_secs(10)).await;
+    let span = got[14].at - got[0].at;
+    // 5 at once, then 5 per second: the 15th no sooner than about 2 s after the first.
+    assert!(
+        span >= Duration::from_millis(1800),
+        "15 deliveries in {span:?}"
+    );
+}

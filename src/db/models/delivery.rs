@@ -85,6 +85,10 @@ pub struct Attempt {
 /// Creates a delivery for every endpoint that matches each event: `pending` for enabled
 /// endpoints, `failed` ("endpoint disabled") for disabled ones, so nothing is silently
 /// dropped. Runs in the events' transaction. Returns how many are pending.
+///
+/// An endpoint without stream filters gets every stream except Herald's own `herald:*`
+/// streams, which are opt-in (`"streams": ["herald:ops"]`): a catch-all endpoint should not
+/// start receiving operational events, nor be told about its own failures.
 pub async fn fan_out(conn: &mut AsyncPgConnection, events: &[Event]) -> QueryResult<usize> {
     #[derive(QueryableByName)]
     struct Pending {
@@ -108,7 +112,7 @@ pub async fn fan_out(conn: &mut AsyncPgConnection, events: &[Event]) -> QueryRes
                   clock_timestamp(), now() \
            FROM ev JOIN endpoints e ON \
                 (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
-            AND (cardinality(e.stream_patterns) = 0 OR EXISTS ( \
+            AND ((cardinality(e.stream_patterns) = 0 AND NOT starts_with(ev.stream, 'herald:')) OR EXISTS ( \
                    SELECT 1 FROM unnest(e.stream_patterns) AS p \
                    WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
            RETURNING status) \
@@ -174,6 +178,9 @@ pub struct Claimed {
     /// The endpoint's in-flight limit.
     #[diesel(sql_type = Integer)]
     pub max_in_flight: i32,
+    /// The endpoint's deliveries-per-second limit.
+    #[diesel(sql_type = Nullable<Integer>)]
+    pub rate_limit: Option<i32>,
 }
 
 /// Claims up to `limit` due deliveries (and ones whose claim expired) for `lease_secs`,
@@ -221,7 +228,7 @@ pub async fn claim(
                 ev.id AS event_id, ev.stream, ev.seq, ev.event_type, ev.payload::text AS payload, \
                 ev.created_at AS event_created_at, e.id AS endpoint_id, e.url, e.secret, \
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret, \
-                e.headers, e.max_in_flight \
+                e.headers, e.max_in_flight, e.rate_limit \
            FROM claimed JOIN events ev ON ev.id = claimed.event_id \
                         JOIN endpoints e ON e.id = claimed.endpoint_id",
     )
@@ -425,7 +432,7 @@ pub async fn recover(
            FROM events ev JOIN endpoints e ON e.id = $1 \
           WHERE ev.created_at >= $2 AND ev.created_at < $3 \
             AND (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
-            AND (cardinality(e.stream_patterns) = 0 OR EXISTS ( \
+            AND ((cardinality(e.stream_patterns) = 0 AND NOT starts_with(ev.stream, 'herald:')) OR EXISTS ( \
                    SELECT 1 FROM unnest(e.stream_patterns) AS p \
                    WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
             AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = ev.id AND x.endpoint_id = e.id)",

@@ -43,6 +43,10 @@ pub struct Endpoint {
     pub created_at: DateTime<Utc>,
     /// Last changed.
     pub updated_at: DateTime<Utc>,
+    /// When it started failing (no success since); `None` while healthy.
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Its last successful delivery.
+    pub last_success_at: Option<DateTime<Utc>>,
 }
 
 /// Stores a new endpoint.
@@ -115,4 +119,56 @@ pub async fn disable(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> Qu
         .execute(conn)
         .await
         .map(drop)
+}
+
+/// Notes a success. Returns when the endpoint had been failing since, if it had (it has
+/// recovered). Writes only when something changes or the last success is over 10 s old,
+/// so that a busy endpoint's successes do not each update its row.
+pub async fn note_success(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<DateTime<Utc>>> {
+    #[derive(QueryableByName)]
+    struct Was {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+        failing_since: Option<DateTime<Utc>>,
+    }
+    let was: Option<Was> = diesel::sql_query(
+        "WITH old AS (SELECT failing_since FROM endpoints WHERE id = $1) \
+         UPDATE endpoints SET failing_since = NULL, last_success_at = now() \
+          WHERE id = $1 AND (failing_since IS NOT NULL OR last_success_at IS NULL \
+                             OR last_success_at < now() - interval '10 seconds') \
+         RETURNING (SELECT failing_since FROM old) AS failing_since",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(was.and_then(|w| w.failing_since))
+}
+
+/// Notes a failure; disables the endpoint if it has had no success for `disable_after`.
+/// Returns whether it was disabled now.
+pub async fn note_failure(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    disable_after: std::time::Duration,
+    reason: &str,
+) -> QueryResult<bool> {
+    diesel::sql_query(
+        "UPDATE endpoints SET failing_since = now() WHERE id = $1 AND failing_since IS NULL",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .execute(conn)
+    .await?;
+    let disabled = diesel::sql_query(
+        "UPDATE endpoints SET enabled = false, disabled_reason = $3, updated_at = now() \
+          WHERE id = $1 AND enabled AND failing_since < now() - make_interval(secs => $2)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(id)
+    .bind::<diesel::sql_types::Double, _>(disable_after.as_secs_f64())
+    .bind::<diesel::sql_types::Text, _>(reason)
+    .execute(conn)
+    .await?;
+    Ok(disabled == 1)
 }

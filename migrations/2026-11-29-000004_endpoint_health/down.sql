@@ -1,0 +1,1 @@
+ALTER TABLE endpoints DROP COLUMN failing_since, DROP COLUMN last_success_at;
