@@ -51,8 +51,10 @@ fn humanize(d: Duration) -> String {
     }
 }
 
-/// How long a claim outlives the request timeout.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
+/// How long a claim outlives the request timeout: half of it, and at least 5 s.
+fn lease_for(timeout: Duration) -> Duration {
+    timeout + (timeout / 2).max(Duration::from_secs(5))
+}
 /// The slow fallback poll.
 const POLL: Duration = Duration::from_secs(1);
 /// Most deliveries claimed per query.
@@ -133,7 +135,7 @@ impl Worker {
             pool,
             sender,
             schedule: settings.schedule,
-            lease: settings.timeout + LEASE_MARGIN,
+            lease: lease_for(settings.timeout),
             concurrency: settings.concurrency,
             disable_after: settings.disable_after,
             wake,

@@ -13,7 +13,7 @@ use crate::helpers::{
     test_settings,
 };
 
-fn herald() -> Command {
+pub fn herald() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
     cmd.env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
@@ -22,7 +22,7 @@ fn herald() -> Command {
     cmd
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -30,7 +30,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn wait_ready(base: &str, child: &mut Child) {
+pub async fn wait_ready(base: &str, child: &mut Child) {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -8,6 +8,7 @@
     reason = "helpers outside #[test] functions fail the test loudly, as they should"
 )]
 
+mod crash;
 mod embedded;
 mod endpoints;
 mod events;

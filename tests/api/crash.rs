@@ -1,0 +1,149 @@
+//! At-least-once delivery across a `kill -9`, and no concurrent duplicates across instances.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::process::Child;
+
+use crate::embedded::{free_port, herald, wait_ready};
+use crate::helpers::{ADMIN_KEY, spawn_app_with};
+use crate::receiver::{Receiver, Reply};
+
+const EVENTS: usize = 5000;
+const REPLY_DELAY: Duration = Duration::from_millis(50);
+
+fn start_herald(database_url: &str, port: u16) -> Child {
+    let mut cmd = herald();
+    cmd.arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+        .env("HERALD_ALLOWED_DESTINATIONS", "127.0.0.0/8")
+        .env("HERALD_DELIVERY_TIMEOUT", "1s")
+        .env("HERALD_RETRY_SCHEDULE", "200ms,200ms,200ms,200ms,200ms")
+        .env("HERALD_DB_POOL_SIZE", "8")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
+    // An API-only instance (it sends nothing) to set up and to watch.
+    let app = spawn_app_with(|s| {
+        s.delivery_concurrency = 0;
+        s.destinations =
+            herald::domain::destination::DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(200).after(REPLY_DELAY));
+    let created = app
+        .post(
+            "/v1/endpoints",
+            &json!({"url": receiver.url, "max_in_flight": 200}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    for chunk in 0..EVENTS / 1000 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"stream": format!("s{}", i % 50), "type": "t", "payload": chunk * 1000 + i}))
+            .collect();
+        assert_eq!(
+            app.post("/v1/events/batch", &json!({"events": events}))
+                .await
+                .status(),
+            201
+        );
+    }
+
+    // The first worker instance gets going, then dies without warning mid-flight.
+    let port = free_port();
+    let mut first = start_herald(&app.database_url, port);
+    wait_ready(&format!("http://127.0.0.1:{port}"), &mut first).await;
+    receiver.wait_for(500, Duration::from_secs(30)).await;
+    first.kill().await.unwrap();
+    let at_kill = receiver.received().len();
+    assert!(
+        at_kill < EVENTS,
+        "everything was delivered before the kill; the test proves nothing"
+    );
+
+    // Two instances take over on the same database.
+    let (port_b, port_c) = (free_port(), free_port());
+    let mut b = start_herald(&app.database_url, port_b);
+    let mut c = start_herald(&app.database_url, port_c);
+    wait_ready(&format!("http://127.0.0.1:{port_b}"), &mut b).await;
+    wait_ready(&format!("http://127.0.0.1:{port_c}"), &mut c).await;
+
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let requests = loop {
+        let got = receiver.received();
+        let mut ids: Vec<&str> = got
+            .iter()
+            .map(|r| r.headers["webhook-id"].as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() == EVENTS {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {EVENTS} events delivered",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = b.kill().await;
+    let _ = c.kill().await;
+
+    // No webhook-id was being sent twice at the same time.
+    let mut starts: HashMap<&str, Vec<Instant>> = HashMap::new();
+    for r in &requests {
+        starts
+            .entry(r.headers["webhook-id"].as_str())
+            .or_default()
+            .push(r.at);
+    }
+    for (id, mut at) in starts {
+        at.sort_unstable();
+        for pair in at.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= REPLY_DELAY,
+                "{id} was sent twice concurrently"
+            );
+        }
+    }
+    let db = app.db().await;
+    let not_done: i64 = db
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Attempts cut off by the kill are retried when their lease ends; by now all succeeded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut not_done = not_done;
+    while not_done > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        not_done = db
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    }
+    assert!(requests.len() >= EVENTS);
+    println!(
+        "{} requests for {EVENTS} events ({} before the kill); unfinished rows: {not_done}",
+        requests.len(),
+        at_kill
+    );
+}
