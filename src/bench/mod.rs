@@ -4,12 +4,14 @@
 
 mod ingest;
 mod longpoll;
+mod webhooks;
 
 use anyhow::Context as _;
 use clap::Subcommand;
 
 pub use ingest::IngestOptions;
 pub use longpoll::LongpollOptions;
+pub use webhooks::WebhooksOptions;
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
@@ -18,6 +20,8 @@ pub enum BenchCommand {
     Ingest(IngestOptions),
     /// Hold N long-polls over M streams; measure RSS, publish-to-answer latency and fan-out.
     Longpoll(LongpollOptions),
+    /// Webhook delivery: backlog drain, sustained rates, latency, with its own receiver.
+    Webhooks(WebhooksOptions),
 }
 
 /// Runs a benchmark.
@@ -25,6 +29,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Ingest(options) => ingest::run(options).await,
         BenchCommand::Longpoll(options) => longpoll::run(options).await,
+        BenchCommand::Webhooks(options) => webhooks::run(options).await,
     }
 }
 

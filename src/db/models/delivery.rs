@@ -187,7 +187,7 @@ pub struct Claimed {
 /// skipping rows other workers hold, disabled endpoints, and, for ordered endpoints,
 /// deliveries with an unfinished predecessor in their stream. No endpoint gets more than
 /// its `max_in_flight`, less what this worker already has in flight for it
-/// (`busy_endpoints` with `busy_counts`).
+/// (`busy_endpoints` with `busy_counts`). Call it in a transaction.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     limit: i64,
@@ -196,28 +196,40 @@ pub async fn claim(
     busy_endpoints: &[Uuid],
     busy_counts: &[i32],
 ) -> QueryResult<Vec<Claimed>> {
+    // Plain index scans, not bitmap scans: an index scan marks the entries of rows that
+    // earlier claims moved on as dead as it passes them, so a busy queue's partial indexes
+    // do not fill with dead entries that every claim would re-read until the next vacuum.
+    diesel::sql_query("SET LOCAL enable_bitmapscan = off")
+        .execute(conn)
+        .await?;
     diesel::sql_query(
-        "WITH candidates AS ( \
-           SELECT c.id, c.endpoint_id, c.next_attempt_at, e.max_in_flight \
+        "WITH due AS ( \
+           SELECT c.id, c.endpoint_id, c.next_attempt_at AS due_at, e.max_in_flight \
              FROM deliveries c JOIN endpoints e ON e.id = c.endpoint_id \
-            WHERE ((c.status = 'pending' AND c.next_attempt_at <= now()) \
-                OR (c.status = 'delivering' AND c.lease_until < now())) \
-              AND e.enabled \
+            WHERE c.status = 'pending' AND c.next_attempt_at <= now() AND e.enabled \
               AND (NOT e.ordered OR NOT EXISTS ( \
                     SELECT 1 FROM deliveries p \
                      WHERE p.endpoint_id = c.endpoint_id AND p.stream = c.stream \
                        AND p.seq < c.seq AND p.status IN ('pending', 'delivering'))) \
-            ORDER BY c.next_attempt_at NULLS FIRST \
+            ORDER BY c.next_attempt_at \
             LIMIT $1 * 4 \
             FOR UPDATE OF c SKIP LOCKED), \
+         expired AS ( \
+           SELECT c.id, c.endpoint_id, c.lease_until AS due_at, e.max_in_flight \
+             FROM deliveries c JOIN endpoints e ON e.id = c.endpoint_id \
+            WHERE c.status = 'delivering' AND c.lease_until < now() AND e.enabled \
+            ORDER BY c.lease_until \
+            LIMIT $1 \
+            FOR UPDATE OF c SKIP LOCKED), \
+         candidates AS (SELECT * FROM due UNION ALL SELECT * FROM expired), \
          ranked AS ( \
-           SELECT k.id, k.next_attempt_at, \
-                  row_number() OVER (PARTITION BY k.endpoint_id ORDER BY k.next_attempt_at NULLS FIRST) AS rn, \
+           SELECT k.id, k.due_at, \
+                  row_number() OVER (PARTITION BY k.endpoint_id ORDER BY k.due_at) AS rn, \
                   k.max_in_flight - COALESCE(b.n, 0) AS room \
              FROM candidates k \
              LEFT JOIN unnest($4::uuid[], $5::int4[]) AS b(endpoint_id, n) ON b.endpoint_id = k.endpoint_id), \
          chosen AS ( \
-           SELECT id FROM ranked WHERE rn <= room ORDER BY next_attempt_at NULLS FIRST LIMIT $1), \
+           SELECT id FROM ranked WHERE rn <= room ORDER BY due_at LIMIT $1), \
          claimed AS ( \
            UPDATE deliveries d \
               SET status = 'delivering', lease_until = now() + make_interval(secs => $2), \
