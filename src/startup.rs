@@ -131,6 +131,8 @@ impl Application {
                 pool.clone(),
                 sender,
                 WorkerSettings {
+                    database_url: database_url.to_owned(),
+                    connect_timeout: settings.db_timeout,
                     schedule: settings.retry_schedule.clone(),
                     timeout: settings.delivery_timeout,
                     concurrency: settings.delivery_concurrency,

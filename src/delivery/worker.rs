@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use rand::Rng as _;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -59,6 +59,8 @@ fn lease_for(timeout: Duration) -> Duration {
 const POLL: Duration = Duration::from_secs(1);
 /// Most deliveries claimed per query.
 const CLAIM_BATCH: usize = 64;
+/// Most attempts written per transaction.
+const RECORD_BATCH: usize = 500;
 
 /// The stream Herald's own operational events go to.
 pub const OPS_STREAM: &str = "herald:ops";
@@ -66,6 +68,10 @@ pub const OPS_STREAM: &str = "herald:ops";
 /// What the worker is told at start.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
+    /// Where the worker opens its own claim connection.
+    pub database_url: String,
+    /// Connect timeout for it.
+    pub connect_timeout: Duration,
     /// Delays between attempts.
     pub schedule: RetrySchedule,
     /// Per-attempt timeout (the claim lasts longer).
@@ -106,6 +112,9 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     ops: Ingest,
     buckets: Mutex<HashMap<Uuid, Bucket>>,
+    database_url: String,
+    connect_timeout: Duration,
+    claim_conn: tokio::sync::Mutex<Option<diesel_async::AsyncPgConnection>>,
     in_flight: Mutex<HashMap<Uuid, usize>>,
     /// The earliest retry this worker scheduled, so that short retry delays do not wait
     /// for the poll.
@@ -142,6 +151,9 @@ impl Worker {
             metrics,
             ops,
             buckets: Mutex::new(HashMap::new()),
+            database_url: settings.database_url,
+            connect_timeout: settings.connect_timeout,
+            claim_conn: tokio::sync::Mutex::new(None),
             in_flight: Mutex::new(HashMap::new()),
             soonest_retry: Mutex::new(None),
         })
@@ -156,8 +168,10 @@ impl Worker {
     /// Runs until `cancel`, then waits (up to the lease) for attempts in flight.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.concurrency));
+        let (records, rx) = mpsc::unbounded_channel();
+        let recorder = tokio::spawn(self.clone().run_recorder(rx));
         loop {
-            self.claim_and_spawn(&permits).await;
+            self.claim_and_spawn(&permits, &records).await;
             let pause = self.pause();
             tokio::select! {
                 () = cancel.cancelled() => break,
@@ -167,6 +181,9 @@ impl Worker {
         }
         let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(self.lease, permits.acquire_many(all)).await;
+        // Every attempt has handed over its record: let the recorder write the rest.
+        drop(records);
+        let _ = recorder.await;
     }
 
     /// How long to sleep when nothing wakes the worker: the poll interval, or less when a
@@ -190,7 +207,11 @@ impl Worker {
     }
 
     /// Claims as much as free capacity allows and starts the attempts.
-    async fn claim_and_spawn(self: &Arc<Self>, permits: &Arc<Semaphore>) {
+    async fn claim_and_spawn(
+        self: &Arc<Self>,
+        permits: &Arc<Semaphore>,
+        records: &mpsc::UnboundedSender<Record>,
+    ) {
         loop {
             let free = permits.available_permits().min(CLAIM_BATCH);
             if free == 0 {
@@ -198,20 +219,7 @@ impl Worker {
             }
             let (busy, counts) = self.busy_endpoints();
             let token = Uuid::now_v7();
-            let claimed = async {
-                let mut conn = self.pool.get().await.map_err(|e| e.to_string())?;
-                delivery::claim(
-                    &mut conn,
-                    free as i64,
-                    self.lease.as_secs_f64(),
-                    token,
-                    &busy,
-                    &counts,
-                )
-                .await
-                .map_err(|e| e.to_string())
-            }
-            .await;
+            let claimed = self.claim(free as i64, token, &busy, &counts).await;
             let batch = match claimed {
                 Ok(batch) => batch,
                 Err(err) => {
@@ -227,8 +235,9 @@ impl Worker {
                 *self.in_flight().entry(claimed.endpoint_id).or_default() += 1;
                 self.take_token(&claimed);
                 let worker = self.clone();
+                let records = records.clone();
                 tokio::spawn(async move {
-                    worker.attempt(claimed, token).await;
+                    worker.attempt(claimed, token, &records).await;
                     drop(permit);
                     worker.wake.notify_one();
                 });
@@ -237,6 +246,40 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// One claim on the worker's own connection (opened on first use, and again after
+    /// an error).
+    async fn claim(
+        &self,
+        limit: i64,
+        token: Uuid,
+        busy: &[Uuid],
+        counts: &[i32],
+    ) -> Result<Vec<Claimed>, String> {
+        let mut slot = self.claim_conn.lock().await;
+        if slot.is_none() {
+            let mut conn = crate::db::establish_named(
+                &self.database_url,
+                self.connect_timeout,
+                "herald-worker",
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            delivery::prepare_claim_connection(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            *slot = Some(conn);
+        }
+        let Some(conn) = slot.as_mut() else {
+            return Err("no claim connection".into());
+        };
+        let result =
+            delivery::claim(conn, limit, self.lease.as_secs_f64(), token, busy, counts).await;
+        if result.is_err() {
+            *slot = None;
+        }
+        result.map_err(|e| e.to_string())
     }
 
     /// Endpoints to hold back and how "full" to count them: what is in flight here, or,
@@ -294,12 +337,18 @@ impl Worker {
         }
     }
 
-    async fn attempt(&self, claimed: Claimed, token: Uuid) {
+    async fn attempt(
+        &self,
+        claimed: Claimed,
+        token: Uuid,
+        records: &mpsc::UnboundedSender<Record>,
+    ) {
         let sent = self.sender.send(&claimed).await;
         let endpoint_id = claimed.endpoint_id;
-        if let Err(err) = self.record(&claimed, token, sent).await {
-            // The claim stays until its lease ends; then the delivery is tried again.
-            tracing::warn!(delivery = %claimed.id, error = %err, "could not record an attempt");
+        let record = self.build_record(claimed, token, sent);
+        if records.send(record).is_err() {
+            // The recorder is gone (shutdown): the claim expires and the delivery is retried.
+            tracing::warn!("attempt finished after the recorder stopped");
         }
         let mut in_flight = self.in_flight();
         if let Some(n) = in_flight.get_mut(&endpoint_id) {
@@ -310,7 +359,7 @@ impl Worker {
         }
     }
 
-    async fn record(&self, claimed: &Claimed, token: Uuid, sent: Sent) -> anyhow::Result<()> {
+    fn build_record(&self, claimed: Claimed, token: Uuid, sent: Sent) -> Record {
         let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
         let draw = rand::rng().random_range(-1.0..=1.0);
         let next_state = next(&sent.answer, attempts, &self.schedule, Utc::now(), draw);
@@ -370,83 +419,173 @@ impl Worker {
             error_class,
             error_detail,
         };
-        let mut conn = self.pool.get().await?;
-        let endpoint_id = claimed.endpoint_id;
-        let disable_after = self.disable_after;
-        let health = next_state.clone();
-        let (recovered_from, disabled) = conn
-            .transaction(async |conn| {
-                if !delivery::record(conn, claimed.id, token, &outcome, &attempt).await? {
-                    return Ok::<_, diesel::result::Error>((None, None));
+        Record {
+            claimed,
+            token,
+            outcome,
+            attempt,
+            next: next_state,
+        }
+    }
+
+    /// Writes recorded attempts in batches: one transaction for whatever finished while the
+    /// previous batch was being written. Runs until every sender is gone.
+    async fn run_recorder(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Record>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < RECORD_BATCH {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
                 }
-                let disabled = match health {
-                    Next::Succeeded => {
-                        return Ok((endpoint::note_success(conn, endpoint_id).await?, None));
-                    }
-                    Next::Gone => {
-                        endpoint::disable(conn, endpoint_id, GONE_REASON).await?;
+            }
+            let mut result = self.write_batch(&batch).await;
+            if result.is_err() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                result = self.write_batch(&batch).await;
+            }
+            match result {
+                Ok(effects) => self.after_batch(&batch, effects).await,
+                // The claims stay until their leases end; then the deliveries are retried.
+                Err(err) => {
+                    tracing::warn!(error = %err, attempts = batch.len(), "could not record attempts")
+                }
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    /// One transaction: outcomes, attempts, and endpoint health.
+    async fn write_batch(&self, batch: &[Record]) -> anyhow::Result<BatchEffects> {
+        let items: Vec<(Uuid, Uuid, &Outcome)> = batch
+            .iter()
+            .map(|r| (r.claimed.id, r.token, &r.outcome))
+            .collect();
+        let attempts: Vec<Attempt> = batch.iter().map(|r| r.attempt.clone()).collect();
+        // Per endpoint: did anything succeed, go 410, or fail?
+        let mut health: HashMap<Uuid, (bool, bool, bool)> = HashMap::new();
+        for r in batch {
+            let entry = health.entry(r.claimed.endpoint_id).or_default();
+            match r.next {
+                Next::Succeeded => entry.0 = true,
+                Next::Gone => entry.1 = true,
+                Next::Retry(_) | Next::Exhausted => entry.2 = true,
+            }
+        }
+        let disable_after = self.disable_after;
+        let mut conn = self.pool.get().await?;
+        let effects = conn
+            .transaction(async |conn| {
+                let recorded = delivery::record_many(conn, &items, &attempts).await?;
+                let mut effects = BatchEffects {
+                    recorded: recorded.into_iter().collect(),
+                    ..BatchEffects::default()
+                };
+                for (endpoint_id, (succeeded, gone, failed)) in &health {
+                    let disabled = if *gone {
+                        endpoint::disable(conn, *endpoint_id, GONE_REASON).await?;
                         Some(GONE_REASON.to_owned())
-                    }
-                    Next::Retry(_) | Next::Exhausted => {
+                    } else if *succeeded {
+                        if let Some(since) = endpoint::note_success(conn, *endpoint_id).await? {
+                            effects.recovered.push((*endpoint_id, since));
+                        }
+                        None
+                    } else if *failed {
                         let reason =
                             format!("no successful delivery for {}", humanize(disable_after));
-                        endpoint::note_failure(conn, endpoint_id, disable_after, &reason)
+                        endpoint::note_failure(conn, *endpoint_id, disable_after, &reason)
                             .await?
                             .then_some(reason)
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = disabled {
+                        delivery::fail_unfinished(conn, *endpoint_id, "endpoint disabled").await?;
+                        effects.disabled.push((*endpoint_id, reason));
                     }
-                };
-                if disabled.is_some() {
-                    delivery::fail_unfinished(conn, endpoint_id, "endpoint disabled").await?;
                 }
-                Ok((None, disabled))
+                Ok::<_, diesel::result::Error>(effects)
             })
             .await?;
-        if let Some(reason) = disabled {
+        Ok(effects)
+    }
+
+    /// Metrics, retry timing and operational events, once a batch is committed.
+    async fn after_batch(&self, batch: &[Record], effects: BatchEffects) {
+        let url_of = |endpoint_id: Uuid| {
+            batch
+                .iter()
+                .find(|r| r.claimed.endpoint_id == endpoint_id)
+                .map(|r| r.claimed.url.clone())
+        };
+        for r in batch {
+            if !effects.recorded.contains(&r.claimed.id) {
+                continue;
+            }
+            match r.next {
+                Next::Succeeded => inc(&self.metrics.deliveries_succeeded),
+                Next::Retry(at) => {
+                    inc(&self.metrics.deliveries_retried);
+                    let mut soonest = self
+                        .soonest_retry
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if soonest.is_none_or(|s| at < s) {
+                        *soonest = Some(at);
+                    }
+                }
+                Next::Exhausted | Next::Gone => inc(&self.metrics.deliveries_failed),
+            }
+            if r.next == Next::Exhausted && r.claimed.stream != OPS_STREAM {
+                // Not for deliveries of ops events themselves: a failing endpoint
+                // subscribed to herald:ops would otherwise feed itself forever.
+                self.publish_ops(
+                    "delivery.failed",
+                    serde_json::json!({
+                        "delivery_id": r.claimed.id,
+                        "endpoint_id": r.claimed.endpoint_id,
+                        "event_id": r.claimed.event_id,
+                        "event_type": r.claimed.event_type,
+                        "stream": r.claimed.stream,
+                        "attempts": r.claimed.attempts,
+                        "last_error": r.outcome.error,
+                    }),
+                )
+                .await;
+            }
+        }
+        for (endpoint_id, reason) in effects.disabled {
             tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
             self.publish_ops(
                 "endpoint.disabled",
-                serde_json::json!({"endpoint_id": endpoint_id, "url": claimed.url, "reason": reason}),
+                serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "reason": reason}),
             )
             .await;
         }
-        if let Some(since) = recovered_from {
+        for (endpoint_id, since) in effects.recovered {
             self.publish_ops(
                 "endpoint.recovered",
-                serde_json::json!({"endpoint_id": endpoint_id, "url": claimed.url, "failing_since": since}),
+                serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "failing_since": since}),
             )
             .await;
         }
-        if next_state == Next::Exhausted && claimed.stream != OPS_STREAM {
-            // Not for deliveries of ops events themselves: a failing endpoint subscribed
-            // to herald:ops would otherwise feed itself forever.
-            self.publish_ops(
-                "delivery.failed",
-                serde_json::json!({
-                    "delivery_id": claimed.id,
-                    "endpoint_id": endpoint_id,
-                    "event_id": claimed.event_id,
-                    "event_type": claimed.event_type,
-                    "stream": claimed.stream,
-                    "attempts": claimed.attempts,
-                    "last_error": outcome.error,
-                }),
-            )
-            .await;
-        }
-        match next_state {
-            Next::Succeeded => inc(&self.metrics.deliveries_succeeded),
-            Next::Retry(at) => {
-                inc(&self.metrics.deliveries_retried);
-                let mut soonest = self
-                    .soonest_retry
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if soonest.is_none_or(|s| at < s) {
-                    *soonest = Some(at);
-                }
-            }
-            Next::Exhausted | Next::Gone => inc(&self.metrics.deliveries_failed),
-        }
-        Ok(())
     }
+}
+
+/// One finished attempt, waiting to be written.
+#[derive(Debug)]
+struct Record {
+    claimed: Claimed,
+    token: Uuid,
+    outcome: Outcome,
+    attempt: Attempt,
+    next: Next,
+}
+
+/// What a written batch changed beyond its deliveries.
+#[derive(Debug, Default)]
+struct BatchEffects {
+    recorded: std::collections::HashSet<Uuid>,
+    disabled: Vec<(Uuid, String)>,
+    recovered: Vec<(Uuid, chrono::DateTime<Utc>)>,
 }

