@@ -9,7 +9,6 @@ use diesel::sql_types::{
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::models::event::Event;
 use crate::db::schema::{attempts, deliveries};
 
 /// A delivery as stored.
@@ -82,50 +81,29 @@ pub struct Attempt {
     pub error_detail: Option<String>,
 }
 
-/// Creates a delivery for every endpoint that matches each event: `pending` for enabled
-/// endpoints, `failed` ("endpoint disabled") for disabled ones, so nothing is silently
-/// dropped. Runs in the events' transaction. Returns how many are pending.
+/// Fan-out, as the tail of the ingest statement after the events CTE `ev(id, stream, seq,
+/// event_type)` (see `event::insert_all`): a delivery for every endpoint that matches each
+/// event, `pending` for enabled endpoints and `failed` ("endpoint disabled") for disabled
+/// ones, so nothing is silently dropped; then the count of pending ones.
 ///
 /// An endpoint without stream filters gets every stream except Herald's own `herald:*`
 /// streams, which are opt-in (`"streams": ["herald:ops"]`): a catch-all endpoint should not
 /// start receiving operational events, nor be told about its own failures.
-pub async fn fan_out(conn: &mut AsyncPgConnection, events: &[Event]) -> QueryResult<usize> {
-    #[derive(QueryableByName)]
-    struct Pending {
-        #[diesel(sql_type = BigInt)]
-        pending: i64,
-    }
-    let ids: Vec<Uuid> = events.iter().map(|e| e.id).collect();
-    let streams: Vec<&str> = events.iter().map(|e| e.stream.as_str()).collect();
-    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
-    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-    let row: Pending = diesel::sql_query(
-        "WITH ev AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[]) \
-                       AS t(id, stream, seq, event_type)), \
-              inserted AS ( \
-           INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
-                                   next_attempt_at, last_error, created_at, updated_at) \
-           SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, \
-                  CASE WHEN e.enabled THEN 'pending' ELSE 'failed' END, \
-                  CASE WHEN e.enabled THEN now() END, \
-                  CASE WHEN e.enabled THEN NULL ELSE 'endpoint disabled' END, \
-                  clock_timestamp(), now() \
-           FROM ev JOIN endpoints e ON \
-                (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
-            AND ((cardinality(e.stream_patterns) = 0 AND NOT starts_with(ev.stream, 'herald:')) OR EXISTS ( \
-                   SELECT 1 FROM unnest(e.stream_patterns) AS p \
-                   WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
-           RETURNING status) \
-         SELECT count(*) FILTER (WHERE status = 'pending') AS pending FROM inserted",
-    )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<Text>, _>(&streams)
-    .bind::<Array<BigInt>, _>(&seqs)
-    .bind::<Array<Text>, _>(&types)
-    .get_result(conn)
-    .await?;
-    Ok(usize::try_from(row.pending).unwrap_or(0))
-}
+pub const FAN_OUT_FROM_EV: &str = "inserted AS ( \
+       INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                               next_attempt_at, last_error, created_at, updated_at) \
+       SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, \
+              CASE WHEN e.enabled THEN 'pending' ELSE 'failed' END, \
+              CASE WHEN e.enabled THEN now() END, \
+              CASE WHEN e.enabled THEN NULL ELSE 'endpoint disabled' END, \
+              clock_timestamp(), now() \
+       FROM ev JOIN endpoints e ON \
+            (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
+        AND ((cardinality(e.stream_patterns) = 0 AND NOT starts_with(ev.stream, 'herald:')) OR EXISTS ( \
+               SELECT 1 FROM unnest(e.stream_patterns) AS p \
+               WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
+       RETURNING status) \
+     SELECT count(*) FILTER (WHERE status = 'pending') AS pending FROM inserted";
 
 /// A claimed delivery with what sending it needs.
 #[derive(Debug, Clone, QueryableByName)]

@@ -134,21 +134,32 @@ pub async fn insert_all(
     let seqs: Vec<i64> = rows.iter().map(|e| e.seq).collect();
     let types: Vec<&str> = rows.iter().map(|e| e.event_type.as_str()).collect();
     let payloads: Vec<&RawJson> = rows.iter().map(|e| &e.payload).collect();
-    diesel::sql_query(
-        "INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
-         SELECT id, stream, seq, event_type, payload, $6 \
-         FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::json[]) \
-           AS t(id, stream, seq, event_type, payload)",
-    )
+    // The events and their webhook deliveries in one statement: one round trip, and the
+    // deliveries come from the rows just inserted.
+    #[derive(QueryableByName)]
+    struct Pending {
+        #[diesel(sql_type = BigInt)]
+        pending: i64,
+    }
+    let inserted: Pending = diesel::sql_query(format!(
+        "WITH ev AS ( \
+           INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
+           SELECT id, stream, seq, event_type, payload, $6 \
+           FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::json[]) \
+             AS t(id, stream, seq, event_type, payload) \
+           RETURNING id, stream, seq, event_type), \
+         {}",
+        crate::db::models::delivery::FAN_OUT_FROM_EV
+    ))
     .bind::<Array<SqlUuid>, _>(&ids)
     .bind::<Array<Text>, _>(&streams)
     .bind::<Array<BigInt>, _>(&seqs)
     .bind::<Array<Text>, _>(&types)
     .bind::<Array<Json>, _>(&payloads)
     .bind::<Timestamptz, _>(now)
-    .execute(conn)
+    .get_result(conn)
     .await?;
-    let pending_deliveries = crate::db::models::delivery::fan_out(conn, &rows).await?;
+    let pending_deliveries = usize::try_from(inserted.pending).unwrap_or(0);
     Ok(Stored {
         events: rows,
         pending_deliveries,
