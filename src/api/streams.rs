@@ -12,8 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel_async::AsyncPgConnection;
+use futures_util::StreamExt as _;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +28,7 @@ use crate::error::ApiError;
 use crate::metrics::inc;
 use crate::startup::AppState;
 use crate::streams::disconnect;
-use crate::streams::hub::{EventJson, Taken};
+use crate::streams::hub::{EventJson, Subscription, Taken};
 
 /// Default and largest `limit`.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -202,8 +204,7 @@ pub async fn fetch_page(
     .await
 }
 
-/// `{"events": [...], "next_after": N}` from pre-serialized events.
-fn page(events: &[Arc<EventJson>], after: i64, poll: &Poll, close: bool) -> HttpResponse {
+fn page_body(events: &[Arc<EventJson>], after: i64) -> String {
     let next_after = events.last().map_or(after, |e| e.seq);
     let mut body =
         String::with_capacity(events.iter().map(|e| e.json.len() + 1).sum::<usize>() + 40);
@@ -217,6 +218,10 @@ fn page(events: &[Arc<EventJson>], after: i64, poll: &Poll, close: bool) -> Http
     body.push_str("],\"next_after\":");
     body.push_str(&next_after.to_string());
     body.push('}');
+    body
+}
+
+fn page_head(poll: &Poll) -> actix_web::HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
     response
         .content_type("application/json")
@@ -224,10 +229,12 @@ fn page(events: &[Arc<EventJson>], after: i64, poll: &Poll, close: bool) -> Http
     if let Some(applied) = &poll.preference_applied {
         response.insert_header(("Preference-Applied", applied.as_str()));
     }
-    if close {
-        response.force_close();
-    }
-    response.body(body)
+    response
+}
+
+/// `{"events": [...], "next_after": N}` from pre-serialized events.
+fn page(events: &[Arc<EventJson>], after: i64, poll: &Poll) -> HttpResponse {
+    page_head(poll).body(page_body(events, after))
 }
 
 /// Answers a held request past `HERALD_MAX_WAITERS` or during shutdown.
@@ -250,7 +257,7 @@ async fn list_stream_events(
     let (after, limit) = (poll.after, poll.limit);
     if poll.wait.is_zero() {
         let events = fetch_page(&state.pool, stream.as_str(), after, limit).await?;
-        return Ok(page(&events, after, &poll, false));
+        return Ok(page(&events, after, &poll));
     }
     if state.hub.is_shutting_down() {
         return Err(unavailable(
@@ -259,46 +266,91 @@ async fn list_stream_events(
     }
     // Subscribe before reading, so that a commit between the read and the wait still
     // wakes this request.
-    let mut subscription = state.hub.subscribe(stream.as_str(), after).map_err(|_| {
+    let subscription = state.hub.subscribe(stream.as_str(), after).map_err(|_| {
         inc(&state.metrics.longpolls_rejected);
         unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
     })?;
     let events = fetch_page(&state.pool, stream.as_str(), after, limit).await?;
     if !events.is_empty() {
-        return Ok(page(&events, after, &poll, false));
+        return Ok(page(&events, after, &poll));
     }
 
-    let timeout = tokio::time::sleep(jittered(poll.wait));
-    let shutdown = state.hub.shutdown_token();
-    let closed = state
-        .disconnects
-        .clone()
-        .closed(disconnect::socket_of(&req));
-    tokio::pin!(timeout, closed);
-    let limit_usize = usize::try_from(limit).unwrap_or(100);
-    loop {
-        tokio::select! {
-            () = &mut timeout => {
-                inc(&state.metrics.longpolls_timed_out);
-                return Ok(page(&[], after, &poll, false));
-            }
-            () = shutdown.cancelled() => return Ok(page(&[], after, &poll, true)),
-            () = &mut closed => {
-                inc(&state.metrics.waiters_disconnected);
-                return Ok(HttpResponse::Ok().force_close().finish());
-            }
-            () = subscription.changed() => {
-                let events = match subscription.take(after, limit_usize) {
-                    Taken::Events(events) => events,
-                    Taken::Nothing => continue,
-                    Taken::Gap => fetch_page(&state.pool, stream.as_str(), after, limit).await?,
-                };
-                if !events.is_empty() {
-                    inc(&state.metrics.longpolls_answered);
-                    return Ok(page(&events, after, &poll, false));
+    // Nothing yet: answer with the status line and headers now and send the body when
+    // there is something to say. The request itself (and actix-web's per-request state,
+    // several KiB) is released while the body waits: a held long-poll then costs little
+    // more than its connection.
+    let held = Held {
+        closed: Box::pin(
+            state
+                .disconnects
+                .clone()
+                .closed(disconnect::socket_of(&req)),
+        ),
+        state: state.clone(),
+        subscription,
+        stream: stream.into_inner(),
+        after,
+        limit,
+        wait: jittered(poll.wait),
+    };
+    Ok(
+        page_head(&poll)
+            .streaming(futures_util::stream::once(held.answer()).map(Ok::<_, ApiError>)),
+    )
+}
+
+/// A long-poll waiting for its stream.
+struct Held {
+    state: web::Data<AppState>,
+    subscription: Subscription,
+    stream: String,
+    after: i64,
+    limit: i64,
+    wait: Duration,
+    closed: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+}
+
+impl Held {
+    /// Waits for events, the end of the wait, shutdown or the client leaving; returns
+    /// the body. Anything but events is an empty page with the same cursor, so the client
+    /// simply asks again.
+    async fn answer(mut self) -> Bytes {
+        let timeout = tokio::time::sleep(self.wait);
+        let shutdown = self.state.hub.shutdown_token();
+        tokio::pin!(timeout);
+        let limit_usize = usize::try_from(self.limit).unwrap_or(100);
+        let metrics = &self.state.metrics;
+        let events = loop {
+            tokio::select! {
+                () = &mut timeout => {
+                    inc(&metrics.longpolls_timed_out);
+                    break Vec::new();
+                }
+                () = shutdown.cancelled() => break Vec::new(),
+                () = &mut self.closed => {
+                    inc(&metrics.waiters_disconnected);
+                    break Vec::new();
+                }
+                () = self.subscription.changed() => {
+                    let events = match self.subscription.take(self.after, limit_usize) {
+                        Taken::Events(events) => events,
+                        Taken::Nothing => continue,
+                        Taken::Gap => match fetch_page(&self.state.pool, &self.stream, self.after, self.limit).await {
+                            Ok(events) => events,
+                            Err(err) => {
+                                tracing::warn!(stream = %self.stream, error = %err, "long-poll read failed");
+                                break Vec::new();
+                            }
+                        },
+                    };
+                    if !events.is_empty() {
+                        inc(&metrics.longpolls_answered);
+                        break events;
+                    }
                 }
             }
-        }
+        };
+        Bytes::from(page_body(&events, self.after))
     }
 }
 

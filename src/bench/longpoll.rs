@@ -226,7 +226,14 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    report_rss(pid, &format!("with {held} held long-polls"));
+    report_rss(
+        pid,
+        &format!("with {held} held long-polls, just after connecting"),
+    );
+    // The allocator returns the connection burst's freed pages after its decay time
+    // (jemalloc: 10 s); what the held requests themselves cost shows after that.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    report_rss(pid, &format!("with {held} held long-polls, 15 s later"));
 
     // 2. Publish at a steady rate; waiters measure publish-to-answer latency.
     println!(

@@ -81,6 +81,19 @@ pub struct Attempt {
     pub error_detail: Option<String>,
 }
 
+/// The rule for "endpoint `e` subscribes to event `ev`", shared by fan-out and recover:
+/// no type filter or the event's type listed, and no stream filter (for streams outside
+/// `herald:*`) or a pattern that matches, exactly or as a `prefix*`.
+macro_rules! endpoint_matches_event {
+    () => {
+        "(cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
+         AND ((cardinality(e.stream_patterns) = 0 AND NOT starts_with(ev.stream, 'herald:')) \
+              OR EXISTS (SELECT 1 FROM unnest(e.stream_patterns) AS p \
+                         WHERE p = ev.stream \
+                            OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1)))))"
+    };
+}
+
 /// Fan-out, as the tail of the ingest statement after the events CTE `ev(id, stream, seq,
 /// event_type)` (see `event::insert_all`): a delivery for every endpoint that matches each
 /// event, `pending` for enabled endpoints and `failed` ("endpoint disabled") for disabled
@@ -89,7 +102,8 @@ pub struct Attempt {
 /// An endpoint without stream filters gets every stream except Herald's own `herald:*`
 /// streams, which are opt-in (`"streams": ["herald:ops"]`): a catch-all endpoint should not
 /// start receiving operational events, nor be told about its own failures.
-pub const FAN_OUT_FROM_EV: &str = "inserted AS ( \
+pub const FAN_OUT_FROM_EV: &str = concat!(
+    "inserted AS ( \
        INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
                                next_attempt_at, last_error, created_at, updated_at) \
        SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, \
@@ -97,13 +111,11 @@ pub const FAN_OUT_FROM_EV: &str = "inserted AS ( \
               CASE WHEN e.enabled THEN now() END, \
               CASE WHEN e.enabled THEN NULL ELSE 'endpoint disabled' END, \
               clock_timestamp(), now() \
-       FROM ev JOIN endpoints e ON \
-            (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
-        AND ((cardinality(e.stream_patterns) = 0 AND NOT starts_with(ev.stream, 'herald:')) OR EXISTS ( \
-               SELECT 1 FROM unnest(e.stream_patterns) AS p \
-               WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
-       RETURNING status) \
-     SELECT count(*) FILTER (WHERE status = 'pending') AS pending FROM inserted";
+       FROM ev JOIN endpoints e ON ",
+    endpoint_matches_event!(),
+    " RETURNING status) \
+     SELECT count(*) FILTER (WHERE status = 'pending') AS pending FROM inserted"
+);
 
 /// A claimed delivery with what sending it needs.
 #[derive(Debug, Clone, QueryableByName)]
@@ -467,20 +479,17 @@ pub async fn recover(
     .bind::<SqlUuid, _>(by)
     .execute(conn)
     .await?;
-    let created = diesel::sql_query(
+    let created = diesel::sql_query(concat!(
         "INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
                                  next_attempt_at, replay_requested, replay_requested_by, \
                                  created_at, updated_at) \
          SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, 'pending', \
                 now(), true, $4, clock_timestamp(), now() \
            FROM events ev JOIN endpoints e ON e.id = $1 \
-          WHERE ev.created_at >= $2 AND ev.created_at < $3 \
-            AND (cardinality(e.event_types) = 0 OR ev.event_type = ANY (e.event_types)) \
-            AND ((cardinality(e.stream_patterns) = 0 AND NOT starts_with(ev.stream, 'herald:')) OR EXISTS ( \
-                   SELECT 1 FROM unnest(e.stream_patterns) AS p \
-                   WHERE p = ev.stream OR (right(p, 1) = '*' AND starts_with(ev.stream, left(p, -1))))) \
-            AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = ev.id AND x.endpoint_id = e.id)",
-    )
+          WHERE ev.created_at >= $2 AND ev.created_at < $3 AND ",
+        endpoint_matches_event!(),
+        " AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = ev.id AND x.endpoint_id = e.id)",
+    ))
     .bind::<SqlUuid, _>(endpoint_id)
     .bind::<Timestamptz, _>(since)
     .bind::<Timestamptz, _>(until)
