@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{FromRequest, HttpRequest, web};
+use sha2::Digest as _;
 use uuid::Uuid;
 
 use crate::db::models::api_key;
@@ -115,6 +116,48 @@ impl KeyCache {
     }
 }
 
+/// The console's session cookie.
+pub const SESSION_COOKIE: &str = "herald_session";
+/// The header that carries a session's CSRF token on state-changing requests.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// A session cookie and what the request says about CSRF.
+struct CookieAuth {
+    token: String,
+    state_changing: bool,
+    csrf: Option<String>,
+}
+
+async fn authenticate_session(state: &AppState, cookie: CookieAuth) -> Result<Principal, ApiError> {
+    let hash = sha2::Sha256::digest(cookie.token.as_bytes()).to_vec();
+    let mut conn = state.pool.get().await?;
+    let (session, key) = crate::db::models::session::find_live(&mut conn, &hash)
+        .await?
+        .ok_or(ApiError::Unauthorized(
+            "the console session has expired or was signed out; sign in again",
+        ))?;
+    if cookie.state_changing {
+        let sent = cookie.csrf.unwrap_or_default();
+        // Constant-time comparison.
+        let same = sent.len() == session.csrf_token.len()
+            && sent
+                .bytes()
+                .zip(session.csrf_token.bytes())
+                .fold(0_u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if !same {
+            return Err(ApiError::Forbidden(
+                "a request with the session cookie that changes something needs the session's X-CSRF-Token header".into(),
+            ));
+        }
+    }
+    Ok(Principal {
+        key_id: key.id,
+        role: key.role(),
+        stream_prefixes: key.stream_prefixes,
+    })
+}
+
 async fn authenticate(state: &AppState, raw: Option<String>) -> Result<Principal, ApiError> {
     let raw = raw.ok_or(ApiError::Unauthorized(
         "send an API key as `Authorization: Bearer <key>`",
@@ -161,9 +204,22 @@ impl FromRequest for Principal {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let state = req.app_data::<web::Data<AppState>>().cloned();
         let raw = bearer(req);
+        // A bearer key wins; without one, the console's session cookie.
+        let cookie = req.cookie(SESSION_COOKIE).map(|c| CookieAuth {
+            token: c.value().to_owned(),
+            state_changing: !matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS"),
+            csrf: req
+                .headers()
+                .get(CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        });
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("AppState missing".into()))?;
-            authenticate(&state, raw?).await
+            match (raw?, cookie) {
+                (None, Some(cookie)) => authenticate_session(&state, cookie).await,
+                (raw, _) => authenticate(&state, raw).await,
+            }
         })
     }
 }

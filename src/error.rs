@@ -49,6 +49,14 @@ pub enum ApiError {
     /// The request conflicts with the current state (idempotency key reuse, duplicates).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Too many failed attempts (sign-in); try again later.
+    #[error("too many requests: {detail}")]
+    TooManyRequests {
+        /// What to do.
+        detail: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u32,
+    },
     /// The cursor points before the oldest retained event.
     #[error("cursor expired; earliest cursor is {earliest_after}")]
     Gone {
@@ -96,6 +104,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
+            Self::TooManyRequests { .. } => "too-many-requests",
             Self::Gone { .. } => "cursor-expired",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal(_) => "internal",
@@ -112,6 +121,7 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) => "Not found",
             Self::Conflict(_) => "Conflict",
+            Self::TooManyRequests { .. } => "Too many requests",
             Self::Gone { .. } => "Cursor expired",
             Self::Unavailable { .. } => "Service unavailable",
             Self::Internal(_) => "Internal server error",
@@ -145,6 +155,7 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Gone { .. } => StatusCode::GONE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -165,7 +176,9 @@ impl ResponseError for ApiError {
             Self::Gone { earliest_after } => Some(format!(
                 "events before this cursor have been purged; resume with after={earliest_after}"
             )),
-            Self::Unavailable { detail, .. } => Some(detail.clone()),
+            Self::Unavailable { detail, .. } | Self::TooManyRequests { detail, .. } => {
+                Some(detail.clone())
+            }
             Self::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 None
@@ -194,7 +207,7 @@ impl ResponseError for ApiError {
             Self::Unauthorized(_) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer realm=\"herald\""));
             }
-            Self::Unavailable { retry_after, .. } => {
+            Self::Unavailable { retry_after, .. } | Self::TooManyRequests { retry_after, .. } => {
                 response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
             }
             _ => {}

@@ -49,6 +49,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Reports clients of held requests that went away.
     pub disconnects: Arc<DisconnectWatcher>,
+    /// Failed console sign-ins, per address.
+    pub sign_ins: crate::api::sessions::SignInLimiter,
 }
 
 /// A built, bound, not yet running Herald.
@@ -155,6 +157,7 @@ impl Application {
             notifier,
             metrics,
             disconnects: DisconnectWatcher::start()?,
+            sign_ins: crate::api::sessions::SignInLimiter::default(),
         });
         let app_state = state.clone();
         // Access lines cost about 1.4 KiB per in-flight request; skip the middleware when

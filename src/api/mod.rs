@@ -8,6 +8,7 @@ mod fields;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod sessions;
 mod sse;
 pub mod streams;
 
@@ -24,6 +25,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(events::routes)
                 .configure(endpoints::routes)
                 .configure(deliveries::routes)
+                .configure(sessions::routes)
                 .configure(streams::routes)
                 .configure(keys::routes),
         )

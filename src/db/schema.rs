@@ -96,6 +96,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    sessions (token_hash) {
+        token_hash -> Bytea,
+        api_key_id -> Uuid,
+        csrf_token -> Text,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     streams (name) {
         name -> Text,
         last_seq -> Int8,
@@ -105,6 +115,7 @@ diesel::table! {
 }
 
 diesel::joinable!(attempts -> deliveries (delivery_id));
+diesel::joinable!(sessions -> api_keys (api_key_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_keys,
@@ -113,5 +124,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     endpoints,
     events,
     idempotency_keys,
+    sessions,
     streams
 );

@@ -19,6 +19,7 @@ mod keys;
 mod longpoll;
 mod receiver;
 mod retention;
+mod sessions;
 mod sse;
 mod streams;
 mod webhooks;

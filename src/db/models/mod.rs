@@ -5,4 +5,5 @@ pub mod delivery;
 pub mod endpoint;
 pub mod event;
 pub mod idempotency;
+pub mod session;
 pub mod stream;

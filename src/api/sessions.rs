@@ -1,0 +1,205 @@
+//! `/v1/sessions`: the console's sign-in. An admin key is exchanged for an `HttpOnly`,
+//! `SameSite=Strict` session cookie (and `Secure` over HTTPS), stored server-side as a
+//! hash, expiring after [`SESSION_TTL`], and ended by sign-out. Requests made with the
+//! cookie that change anything must carry the session's CSRF token in `X-CSRF-Token`.
+//!
+//! Failed sign-ins are slowed down: each failure waits a little before answering, and
+//! after [`MAX_FAILURES`] failures from one address within [`FAILURE_WINDOW`] further
+//! attempts get `429` until the window has passed.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use actix_web::cookie::{Cookie, SameSite};
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{SubsecRound as _, Utc};
+use rand::RngCore as _;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+
+use super::body::read_json;
+use super::fields::Fields;
+use crate::auth::{Principal, SESSION_COOKIE};
+use crate::db::models::api_key;
+use crate::db::models::session::{self, Session};
+use crate::domain::{ApiKeySecret, Role};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// How long a console session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Failed sign-ins from one address before it must wait.
+pub const MAX_FAILURES: usize = 5;
+/// The window failures are counted in.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// Every failed sign-in is answered this much later.
+const FAILURE_DELAY: Duration = Duration::from_millis(300);
+
+/// Recent failed sign-ins per client address.
+#[derive(Debug, Default)]
+pub struct SignInLimiter {
+    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
+}
+
+impl SignInLimiter {
+    /// Seconds until `ip` may try again, if it must wait.
+    fn wait_for(&self, ip: IpAddr) -> Option<u32> {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let recent = failures.entry(ip).or_default();
+        recent.retain(|at| at.elapsed() < FAILURE_WINDOW);
+        if recent.len() < MAX_FAILURES {
+            return None;
+        }
+        let oldest = recent.first().copied()?;
+        let left = FAILURE_WINDOW.saturating_sub(oldest.elapsed());
+        Some(u32::try_from(left.as_secs()).unwrap_or(u32::MAX).max(1))
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        if failures.len() > 100_000 {
+            failures.retain(|_, at| at.iter().any(|t| t.elapsed() < FAILURE_WINDOW));
+        }
+        failures.entry(ip).or_default().push(Instant::now());
+    }
+
+    fn succeeded(&self, ip: IpAddr) {
+        self.failures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&ip);
+    }
+}
+
+/// Registers the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/sessions", web::post().to(create_session))
+        .route("/sessions/current", web::get().to(get_session))
+        .route("/sessions/current", web::delete().to(delete_session));
+}
+
+fn client_ip(req: &HttpRequest) -> IpAddr {
+    req.peer_addr()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+}
+
+fn random_token() -> String {
+    let mut bytes = [0_u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn session_cookie(req: &HttpRequest, value: String, max_age: Duration) -> Cookie<'static> {
+    let mut cookie = Cookie::build(SESSION_COOKIE, value)
+        .path("/")
+        .http_only(true)
+        .same_site(SameSite::Strict)
+        .max_age(actix_web::cookie::time::Duration::seconds(
+            i64::try_from(max_age.as_secs()).unwrap_or(0),
+        ))
+        .finish();
+    if req.connection_info().scheme() == "https" {
+        cookie.set_secure(true);
+    }
+    cookie
+}
+
+async fn create_session(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ip = client_ip(&req);
+    if let Some(retry_after) = state.sign_ins.wait_for(ip) {
+        return Err(ApiError::TooManyRequests {
+            detail: format!(
+                "too many failed sign-ins from this address; try again in {retry_after} s"
+            ),
+            retry_after,
+        });
+    }
+    let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
+    let fields = Fields::new(body, &["key"])?;
+    let raw = fields
+        .string("key")?
+        .ok_or_else(|| ApiError::invalid("key", "is required: an admin API key"))?;
+    let mut conn = state.pool.get().await?;
+    let key = match ApiKeySecret::parse(raw.trim()) {
+        Ok(secret) => api_key::find_by_hash(&mut conn, &secret.hash()).await?,
+        Err(_) => None,
+    };
+    let Some(key) = key else {
+        state.sign_ins.failed(ip);
+        tokio::time::sleep(FAILURE_DELAY).await;
+        return Err(ApiError::Unauthorized("that is not a valid API key"));
+    };
+    if key.role() != Role::Admin {
+        state.sign_ins.failed(ip);
+        tokio::time::sleep(FAILURE_DELAY).await;
+        return Err(ApiError::Forbidden(format!(
+            "the console needs an admin key; this is a {} key",
+            key.role()
+        )));
+    }
+    state.sign_ins.succeeded(ip);
+    let token = random_token();
+    let now = Utc::now().trunc_subsecs(6);
+    let record = Session {
+        token_hash: Sha256::digest(token.as_bytes()).to_vec(),
+        api_key_id: key.id,
+        csrf_token: random_token(),
+        created_at: now,
+        expires_at: now + chrono::Duration::from_std(SESSION_TTL).unwrap_or_default(),
+    };
+    session::insert(&mut conn, &record).await?;
+    // Housekeeping: sign-ins are rare, so this is where old sessions go.
+    session::purge_expired(&mut conn).await?;
+    Ok(HttpResponse::Created()
+        .cookie(session_cookie(&req, token, SESSION_TTL))
+        .json(json!({
+            "key_id": key.id,
+            "csrf_token": record.csrf_token,
+            "expires_at": record.expires_at,
+        })))
+}
+
+async fn get_session(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = req
+        .cookie(SESSION_COOKIE)
+        .ok_or(ApiError::Unauthorized("not signed in"))?;
+    let mut conn = state.pool.get().await?;
+    let (record, key) = session::find_live(&mut conn, &Sha256::digest(token.value().as_bytes()))
+        .await?
+        .ok_or(ApiError::Unauthorized(
+            "the console session has expired or was signed out; sign in again",
+        ))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "key_id": key.id,
+        "key_prefix": key.key_prefix,
+        "csrf_token": record.csrf_token,
+        "expires_at": record.expires_at,
+    })))
+}
+
+async fn delete_session(
+    req: HttpRequest,
+    _principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    // The extractor has checked the cookie and, this being a DELETE, the CSRF token.
+    let token = req.cookie(SESSION_COOKIE).ok_or_else(|| {
+        ApiError::invalid("cookie", "sign-out ends a console session; there is none")
+    })?;
+    let mut conn = state.pool.get().await?;
+    session::delete(&mut conn, &Sha256::digest(token.value().as_bytes())).await?;
+    Ok(HttpResponse::NoContent()
+        .cookie(session_cookie(&req, String::new(), Duration::ZERO))
+        .finish())
+}
