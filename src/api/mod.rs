@@ -1,5 +1,6 @@
 //! The HTTP API: one file per resource, each with its DTOs, handlers and `routes`.
 
+pub mod admin_ui;
 mod body;
 pub mod deliveries;
 pub mod endpoints;
@@ -20,6 +21,7 @@ use crate::error::ApiError;
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::routes)
         .configure(metrics::routes)
+        .configure(admin_ui::routes)
         .service(
             web::scope("/v1")
                 .configure(events::routes)

@@ -99,3 +99,61 @@ async fn a_database_outage_is_503_with_retry_after_and_recovers() {
         .unwrap();
     assert_eq!(ready.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_from_the_binary_with_types_and_cache_headers() {
+    let app = spawn_app().await;
+    let get = |path: &str| app.client.get(format!("{}{path}", app.address)).send();
+    let index = get("/admin/").await.unwrap();
+    assert_eq!(index.status(), 200);
+    assert_eq!(index.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(index.headers()["cache-control"], "no-cache");
+    assert!(
+        index.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'self'")
+    );
+    assert_eq!(index.headers()["x-content-type-options"], "nosniff");
+    let etag = index.headers()["etag"].to_str().unwrap().to_owned();
+    let html = index.text().await.unwrap();
+    assert!(html.contains("<title>Herald console</title>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "nothing loaded from elsewhere"
+    );
+
+    let again = app
+        .client
+        .get(format!("{}/admin/", app.address))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+
+    let script = get("/admin/app.js").await.unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .contains("javascript")
+    );
+    let css = get("/admin/style.css").await.unwrap();
+    assert_eq!(css.headers()["content-type"], "text/css; charset=utf-8");
+    // Console routes fall back to the page; missing files are 404.
+    let route = get("/admin/deliveries").await.unwrap();
+    assert_eq!(route.text().await.unwrap(), html);
+    assert_problem(get("/admin/missing.png").await.unwrap(), 404, "not-found").await;
+    let bare = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("{}/admin", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 308);
+    assert_eq!(bare.headers()["location"], "/admin/");
+}
