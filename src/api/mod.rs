@@ -9,6 +9,7 @@ mod fields;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod overview;
 pub mod sessions;
 mod sse;
 pub mod streams;
@@ -28,6 +29,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
                 .configure(endpoints::routes)
                 .configure(deliveries::routes)
                 .configure(sessions::routes)
+                .configure(overview::routes)
                 .configure(streams::routes)
                 .configure(keys::routes),
         )

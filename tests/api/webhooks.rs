@@ -739,3 +739,51 @@ async fn a_rate_limited_endpoint_gets_no_more_than_its_rate() {
         "15 deliveries in {span:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_counts_deliveries_backlog_and_endpoint_health() {
+    let app = webhook_app("").await;
+    let good = Receiver::start().await;
+    let bad = Receiver::start().await;
+    bad.set_default(Reply::status(500));
+    let good_endpoint = create_endpoint(&app, json!({"url": good.url, "streams": ["a"]})).await;
+    let bad_endpoint = create_endpoint(&app, json!({"url": bad.url, "streams": ["b"]})).await;
+    for i in 0..3 {
+        app.publish("a", "t", json!(i)).await;
+    }
+    app.publish("b", "t", json!(9)).await;
+    good.wait_for(3, Duration::from_secs(5)).await;
+    bad.wait_for(1, Duration::from_secs(5)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let overview = loop {
+        let overview: Value = app.get("/v1/overview").await.json().await.unwrap();
+        if overview["deliveries"]["last_hour"]["failed"] == 1
+            && overview["deliveries"]["last_hour"]["succeeded"] == 3
+        {
+            break overview;
+        }
+        assert!(Instant::now() < deadline, "{overview}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(overview["deliveries"]["last_day"]["succeeded"], 3);
+    assert_eq!(overview["deliveries"]["last_day"]["pending"], 0);
+    assert_eq!(overview["backlog"]["due"], 0);
+    assert!(overview["backlog"]["oldest_due_age_seconds"].is_null());
+    let endpoints = overview["endpoints"].as_array().unwrap();
+    let find = |id: &Value| endpoints.iter().find(|e| e["id"] == *id).unwrap().clone();
+    let healthy = find(&good_endpoint["id"]);
+    assert_eq!(healthy["success_rate_24h"], 1.0);
+    let failing = find(&bad_endpoint["id"]);
+    assert_eq!(failing["success_rate_24h"], 0.0);
+    assert_eq!(failing["failed_24h"], 1);
+    assert!(failing["last_error"].as_str().unwrap().contains("HTTP 500"));
+    assert!(failing["failing_since"].is_string());
+
+    let publisher = app.create_key("publisher", &[]).await;
+    let denied = app
+        .request(Method::GET, "/v1/overview", &publisher)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(denied, 403, "forbidden").await;
+}

@@ -5,5 +5,6 @@ pub mod delivery;
 pub mod endpoint;
 pub mod event;
 pub mod idempotency;
+pub mod overview;
 pub mod session;
 pub mod stream;
