@@ -97,7 +97,8 @@ fn parse_wait(field: &str, raw: &str) -> Result<Duration, ApiError> {
         .parse::<f64>()
         .ok()
         .filter(|n| n.is_finite() && *n >= 0.0)
-        .map(Duration::from_secs_f64)
+        // Any wait longer than a Duration holds is clamped to the maximum like any other.
+        .map(|n| Duration::try_from_secs_f64(n).unwrap_or(Duration::MAX))
         .ok_or_else(|| {
             ApiError::invalid(
                 field,

@@ -153,6 +153,21 @@ async fn waits_are_clamped_to_the_maximum() {
         "{elapsed:?}"
     );
 
+    // Too large for any duration: clamped too, not a crash.
+    let started = Instant::now();
+    let huge = app.get("/v1/streams/s/events?wait=1e308").await;
+    assert_eq!(huge.status(), 200);
+    huge.bytes().await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(1063 + 150));
+    let preferred = app
+        .request(Method::GET, "/v1/streams/s/events", ADMIN_KEY)
+        .header("Prefer", "wait=1e300")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preferred.headers()["preference-applied"], "wait=1");
+    preferred.bytes().await.unwrap();
+
     let problem = assert_problem(
         app.get("/v1/streams/s/events?wait=soon").await,
         422,
