@@ -246,17 +246,13 @@ struct DeliveryDetailDto {
     attempts: Vec<AttemptDto>,
 }
 
-fn delivery_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no delivery with id {raw:?}")))
-}
-
 async fn get_delivery(
     path: web::Path<String>,
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
-    let id = delivery_id(&path)?;
+    let id = super::parse_id("delivery", &path)?;
     let mut conn = state.pool.get().await?;
     let found = delivery::find(&mut conn, id)
         .await?
@@ -274,7 +270,7 @@ async fn replay_delivery(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
-    let id = delivery_id(&path)?;
+    let id = super::parse_id("delivery", &path)?;
     let mut conn = state.pool.get().await?;
     match delivery::request_replay(&mut conn, id, principal.key_id).await? {
         None => Err(ApiError::NotFound(format!("no delivery with id {id}"))),

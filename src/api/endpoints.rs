@@ -200,7 +200,7 @@ fn apply(
 }
 
 fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no endpoint with id {raw:?}")))
+    super::parse_id("endpoint", raw)
 }
 
 async fn create_endpoint(

@@ -253,9 +253,8 @@ async fn get_event(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let raw = path.into_inner();
-    let not_found = || ApiError::NotFound(format!("no event with id {raw:?}"));
-    let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
+    let id = super::parse_id("event", &path)?;
+    let not_found = || ApiError::NotFound(format!("no event with id {id}"));
     if principal.role == crate::domain::Role::Publisher {
         return Err(ApiError::Forbidden(
             "publisher keys cannot read events; use a subscriber or admin key".into(),

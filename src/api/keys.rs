@@ -139,9 +139,7 @@ async fn delete_key(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
-    let raw = path.into_inner();
-    let not_found = || ApiError::NotFound(format!("no key with id {raw:?}"));
-    let id = Uuid::parse_str(&raw).map_err(|_| not_found())?;
+    let id = super::parse_id("key", &path)?;
     let mut conn = state.pool.get().await?;
     let deleted = conn
         .transaction(async |conn| {
@@ -159,7 +157,7 @@ async fn delete_key(
         })
         .await?;
     if !deleted {
-        return Err(not_found());
+        return Err(ApiError::NotFound(format!("no key with id {id}")));
     }
     state.keys.evict(id);
     Ok(HttpResponse::NoContent().finish())

@@ -36,6 +36,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
+/// Parses a resource id from the path. A malformed id names nothing that exists, so it is
+/// `404`, like an unknown one.
+pub(crate) fn parse_id(kind: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::NotFound(format!("no {kind} with id {raw:?}")))
+}
+
 async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(
         "no route for {} {}",

@@ -322,18 +322,24 @@ impl Worker {
         bucket.tokens -= 1.0;
     }
 
-    /// Publishes an operational event on `herald:ops` (best effort: a failure is logged).
-    async fn publish_ops(&self, event_type: &str, payload: serde_json::Value) {
-        let (Ok(stream), Ok(kind), Ok(raw)) = (
-            StreamName::parse(OPS_STREAM),
-            EventType::parse(event_type),
-            serde_json::value::to_raw_value(&payload),
-        ) else {
+    /// Publishes operational events on `herald:ops` (best effort: a failure is logged).
+    async fn publish_ops(&self, ops: Vec<(&'static str, serde_json::Value)>) {
+        let events: Vec<PendingEvent> = ops
+            .into_iter()
+            .filter_map(|(event_type, payload)| {
+                Some(PendingEvent::new(
+                    StreamName::parse(OPS_STREAM).ok()?,
+                    EventType::parse(event_type).ok()?,
+                    RawJson(serde_json::value::to_raw_value(&payload).ok()?),
+                ))
+            })
+            .collect();
+        if events.is_empty() {
             return;
-        };
-        let event = PendingEvent::new(stream, kind, RawJson(raw));
-        if let Err(err) = self.ops.submit(vec![event]).await {
-            tracing::warn!(error = %err, event_type, "could not publish an operational event");
+        }
+        // One commit for all of a batch's operational events.
+        if let Err(err) = self.ops.submit(events).await {
+            tracing::warn!(error = %err, "could not publish operational events");
         }
     }
 
@@ -518,6 +524,7 @@ impl Worker {
                 .find(|r| r.claimed.endpoint_id == endpoint_id)
                 .map(|r| r.claimed.url.clone())
         };
+        let mut ops = Vec::new();
         for r in batch {
             if !effects.recorded.contains(&r.claimed.id) {
                 continue;
@@ -539,7 +546,7 @@ impl Worker {
             if r.next == Next::Exhausted && r.claimed.stream != OPS_STREAM {
                 // Not for deliveries of ops events themselves: a failing endpoint
                 // subscribed to herald:ops would otherwise feed itself forever.
-                self.publish_ops(
+                ops.push((
                     "delivery.failed",
                     serde_json::json!({
                         "delivery_id": r.claimed.id,
@@ -550,25 +557,23 @@ impl Worker {
                         "attempts": r.claimed.attempts,
                         "last_error": r.outcome.error,
                     }),
-                )
-                .await;
+                ));
             }
         }
         for (endpoint_id, reason) in effects.disabled {
             tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
-            self.publish_ops(
+            ops.push((
                 "endpoint.disabled",
                 serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "reason": reason}),
-            )
-            .await;
+            ));
         }
         for (endpoint_id, since) in effects.recovered {
-            self.publish_ops(
+            ops.push((
                 "endpoint.recovered",
                 serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "failing_since": since}),
-            )
-            .await;
+            ));
         }
+        self.publish_ops(ops).await;
     }
 }
 

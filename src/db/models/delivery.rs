@@ -396,17 +396,25 @@ pub async fn request_replay(
     if delivery.status == "delivering" {
         return Ok(Some(false));
     }
-    diesel::update(deliveries::table.find(id))
-        .set((
-            deliveries::status.eq("pending"),
-            deliveries::next_attempt_at.eq(diesel::dsl::now),
-            deliveries::replay_requested.eq(true),
-            deliveries::replay_requested_by.eq(Some(by)),
-            deliveries::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(Some(true))
+    Ok(Some(replay_ids(conn, &[id], by).await? == 1))
+}
+
+/// Makes these deliveries due now as a replay by `by`, except those in flight.
+async fn replay_ids(conn: &mut AsyncPgConnection, ids: &[Uuid], by: Uuid) -> QueryResult<usize> {
+    diesel::update(
+        deliveries::table
+            .filter(deliveries::id.eq_any(ids))
+            .filter(deliveries::status.ne("delivering")),
+    )
+    .set((
+        deliveries::status.eq("pending"),
+        deliveries::next_attempt_at.eq(diesel::dsl::now),
+        deliveries::replay_requested.eq(true),
+        deliveries::replay_requested_by.eq(Some(by)),
+        deliveries::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await
 }
 
 /// Makes every matching delivery that is not in flight due now, as a replay by `by`
@@ -425,20 +433,7 @@ pub async fn replay_matching(
         .await?;
     let mut replayed = 0;
     for chunk in ids.chunks(5000) {
-        replayed += diesel::update(
-            deliveries::table
-                .filter(deliveries::id.eq_any(chunk))
-                .filter(deliveries::status.ne("delivering")),
-        )
-        .set((
-            deliveries::status.eq("pending"),
-            deliveries::next_attempt_at.eq(diesel::dsl::now),
-            deliveries::replay_requested.eq(true),
-            deliveries::replay_requested_by.eq(Some(by)),
-            deliveries::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await?;
+        replayed += replay_ids(conn, chunk, by).await?;
     }
     Ok(replayed)
 }

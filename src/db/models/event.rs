@@ -187,13 +187,15 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 
 /// The events with these ids, in the order of `ids` (missing ones are skipped).
 pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Event>> {
-    let mut found: Vec<Event> = events::table
+    let mut found: std::collections::HashMap<Uuid, Event> = events::table
         .filter(events::id.eq_any(ids))
         .select(Event::as_select())
         .load(conn)
-        .await?;
-    found.sort_by_key(|e| ids.iter().position(|id| *id == e.id));
-    Ok(found)
+        .await?
+        .into_iter()
+        .map(|e| (e.id, e))
+        .collect();
+    Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
 }
 
 /// Up to `limit` events of `stream` with `seq > after`, in seq order.
