@@ -88,6 +88,12 @@ pub async fn purge_once(
     while purge_idempotency_batch(pool).await? as i64 == BATCH {
         tokio::time::sleep(PAUSE).await;
     }
+    // Bulk replays are few (one row per operator action) and their ids are UUIDv7 too.
+    let mut conn = pool.get().await?;
+    diesel::sql_query("DELETE FROM replays WHERE id < $1")
+        .bind::<SqlUuid, _>(cutoff)
+        .execute(&mut conn)
+        .await?;
     Ok(events)
 }
 

@@ -107,10 +107,9 @@ impl Application {
             tokio::spawn(listener::run_listener(
                 database_url.to_owned(),
                 settings.db_timeout,
-                instance,
                 hub.clone(),
                 metrics.clone(),
-                delivery_wake.clone(),
+                notifier.clone(),
                 background_stop.clone(),
             )),
             tokio::spawn(crate::retention::run(
@@ -143,6 +142,7 @@ impl Application {
                 delivery_wake.clone(),
                 metrics.clone(),
                 ingest.clone(),
+                notifier.clone(),
             );
             background.push(tokio::spawn(worker.run(background_stop.clone())));
         }

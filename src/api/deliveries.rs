@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::body::read_json;
 use super::fields::Fields;
 use crate::auth::Principal;
-use crate::db::models::delivery::{self, Attempt, Delivery, DeliveryFilter};
+use crate::db::models::delivery::{self, Attempt, Delivery, DeliveryFilter, Replay};
 use crate::domain::{EventType, StreamName};
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -23,9 +23,11 @@ const STATUSES: [&str; 4] = ["pending", "delivering", "succeeded", "failed"];
 /// Registers the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/deliveries", web::get().to(list_deliveries))
+        .route("/deliveries/changes", web::get().to(delivery_changes))
         .route("/deliveries/replay", web::post().to(replay_deliveries))
         .route("/deliveries/{id}", web::get().to(get_delivery))
-        .route("/deliveries/{id}/replay", web::post().to(replay_delivery));
+        .route("/deliveries/{id}/replay", web::post().to(replay_delivery))
+        .route("/replays/{id}", web::get().to(get_replay));
 }
 
 /// A delivery as the API shows it.
@@ -44,6 +46,7 @@ pub struct DeliveryDto {
     last_error: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    replay_id: Option<Uuid>,
 }
 
 impl From<Delivery> for DeliveryDto {
@@ -62,6 +65,7 @@ impl From<Delivery> for DeliveryDto {
             last_error: d.last_error,
             created_at: d.created_at,
             updated_at: d.updated_at,
+            replay_id: d.replay_id,
         }
     }
 }
@@ -109,6 +113,7 @@ struct ListQuery {
     status_code: Option<String>,
     since: Option<String>,
     until: Option<String>,
+    replay_id: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -187,6 +192,12 @@ fn parse_filter(query: &ListQuery) -> Result<DeliveryFilter, ApiError> {
             .transpose()?,
         until: present(&query.until)
             .map(|raw| parse_time("until", &raw))
+            .transpose()?,
+        replay_id: present(&query.replay_id)
+            .map(|raw| {
+                Uuid::parse_str(&raw)
+                    .map_err(|_| ApiError::invalid("replay_id", "must be a replay id"))
+            })
             .transpose()?,
     })
 }
@@ -286,7 +297,7 @@ async fn replay_delivery(
 
 /// The most deliveries one bulk replay touches.
 pub const MAX_BULK_REPLAY: i64 = 100_000;
-const FILTER_FIELDS: [&str; 7] = [
+const FILTER_FIELDS: [&str; 8] = [
     "status",
     "endpoint_id",
     "event_type",
@@ -294,6 +305,7 @@ const FILTER_FIELDS: [&str; 7] = [
     "status_code",
     "since",
     "until",
+    "replay_id",
 ];
 
 async fn replay_deliveries(
@@ -332,6 +344,7 @@ async fn replay_deliveries(
             "status_code" => query.status_code = Some(text),
             "since" => query.since = Some(text),
             "until" => query.until = Some(text),
+            "replay_id" => query.replay_id = Some(text),
             other => {
                 return Err(ApiError::invalid(
                     format!("filter.{other}"),
@@ -352,15 +365,146 @@ async fn replay_deliveries(
         let matched = delivery::count_replayable(&mut conn, &filter).await?;
         return Ok(HttpResponse::Ok().json(serde_json::json!({"replayed": 0, "matched": matched})));
     }
-    let replayed =
-        delivery::replay_matching(&mut conn, &filter, principal.key_id, MAX_BULK_REPLAY).await?;
+    let replay = Replay {
+        id: Uuid::now_v7(),
+        kind: "filter".into(),
+        criteria: Value::Object(raw.clone()),
+        requested_by: principal.key_id,
+        total: 0,
+        created_at: Utc::now(),
+    };
+    let replay_id = replay.id;
+    let replayed = delivery::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
     if replayed > 0 {
         state.notifier.deliveries_due();
     }
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"replayed": replayed})))
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({"replayed": replayed, "replay_id": replay_id})))
+}
+
+/// A bulk replay or recover and its progress.
+#[derive(Debug, Serialize)]
+struct ReplayDto {
+    id: Uuid,
+    kind: String,
+    criteria: Value,
+    requested_by: Uuid,
+    created_at: DateTime<Utc>,
+    total: i64,
+    /// Its deliveries by status now (a delivery replayed again later counts there).
+    pending: i64,
+    delivering: i64,
+    succeeded: i64,
+    failed: i64,
+    /// Whether none of its deliveries is waiting or in flight.
+    done: bool,
+}
+
+async fn get_replay(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = super::parse_id("replay", &path)?;
+    let mut conn = state.pool.get().await?;
+    let (replay, counts) = delivery::find_replay(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no replay with id {id}")))?;
+    let count = |status: &str| {
+        counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n)
+    };
+    let (pending, delivering) = (count("pending"), count("delivering"));
+    Ok(HttpResponse::Ok().json(ReplayDto {
+        id: replay.id,
+        kind: replay.kind,
+        criteria: replay.criteria,
+        requested_by: replay.requested_by,
+        created_at: replay.created_at,
+        total: replay.total,
+        pending,
+        delivering,
+        succeeded: count("succeeded"),
+        failed: count("failed"),
+        done: pending == 0 && delivering == 0,
+    }))
 }
 
 /// Parses an RFC 3339 time for `field`.
 pub fn parse_rfc3339(field: &str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
     parse_time(field, raw)
+}
+
+/// Changes are announced at most this often, so a busy queue costs feed clients (and the
+/// reads they make on each change) a bounded rate.
+const CHANGES_THROTTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `GET /v1/deliveries/changes`: Server-Sent Events saying that deliveries changed, so a
+/// client (the console) re-reads the list or detail it shows instead of polling.
+///
+/// It sends `event: ready` at once, then `event: changed` (data: a counter) whenever
+/// deliveries were created, replayed or had attempts recorded on any instance, at most every
+/// 250 ms; comments as heartbeats; and ends after `HERALD_SSE_MAX_LIFETIME` or at shutdown
+/// (EventSource reconnects by itself). It carries no delivery data: the reader asks the
+/// list API for exactly the filter it shows.
+async fn delivery_changes(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let mut heartbeat = tokio::time::interval(state.settings.sse_heartbeat);
+    heartbeat.reset();
+    let feed = ChangeFeed {
+        changes: state.notifier.watch_deliveries(),
+        heartbeat,
+        end_at: tokio::time::Instant::now() + state.settings.sse_max_lifetime,
+        shutdown: state.hub.shutdown_token(),
+        started: false,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(futures_util::stream::unfold(feed, |mut feed| async move {
+            feed.next_chunk()
+                .await
+                .map(|chunk| (Ok::<_, ApiError>(chunk), feed))
+        })))
+}
+
+struct ChangeFeed {
+    changes: tokio::sync::watch::Receiver<u64>,
+    heartbeat: tokio::time::Interval,
+    end_at: tokio::time::Instant,
+    shutdown: tokio_util::sync::CancellationToken,
+    started: bool,
+}
+
+impl ChangeFeed {
+    async fn next_chunk(&mut self) -> Option<actix_web::web::Bytes> {
+        use actix_web::web::Bytes;
+        if !self.started {
+            self.started = true;
+            self.changes.mark_unchanged();
+            return Some(Bytes::from_static(
+                b"retry: 1000\n\nevent: ready\ndata: {}\n\n",
+            ));
+        }
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            () = tokio::time::sleep_until(self.end_at) => None,
+            _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
+            changed = self.changes.changed() => {
+                changed.ok()?;
+                // Gather what happens next into this one announcement.
+                tokio::time::sleep(CHANGES_THROTTLE).await;
+                let version = *self.changes.borrow_and_update();
+                self.heartbeat.reset();
+                Some(Bytes::from(format!("event: changed\ndata: {version}\n\n")))
+            }
+        }
+    }
 }

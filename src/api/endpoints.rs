@@ -13,8 +13,10 @@ use uuid::Uuid;
 use super::body::read_json;
 use super::fields::Fields;
 use crate::auth::Principal;
+use crate::db::RawJson;
 use crate::db::models::delivery;
 use crate::db::models::endpoint::{self, Endpoint};
+use crate::db::models::event::{self, PendingEvent};
 use crate::domain::destination::DestinationGuard;
 use crate::domain::signature::SigningSecret;
 use crate::domain::units::parse_duration;
@@ -66,7 +68,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             "/endpoints/{id}/rotate-secret",
             web::post().to(rotate_endpoint_secret),
         )
-        .route("/endpoints/{id}/recover", web::post().to(recover_endpoint));
+        .route("/endpoints/{id}/recover", web::post().to(recover_endpoint))
+        .route("/endpoints/{id}/test", web::post().to(send_test_event));
 }
 
 /// An endpoint as the API shows it (never with its secret, except where noted).
@@ -431,9 +434,101 @@ async fn recover_endpoint(
             "the endpoint is disabled; enable it before recovering its events".into(),
         ));
     }
-    let recovered = delivery::recover(&mut conn, id, since, until, principal.key_id).await?;
+    let replay = delivery::Replay {
+        id: Uuid::now_v7(),
+        kind: "recover".into(),
+        criteria: serde_json::json!({
+            "endpoint_id": id,
+            "since": since.to_rfc3339(),
+            "until": until.to_rfc3339(),
+        }),
+        requested_by: principal.key_id,
+        total: 0,
+        created_at: Utc::now(),
+    };
+    let replay_id = replay.id;
+    let recovered = delivery::recover(&mut conn, id, since, until, replay).await?;
     if recovered > 0 {
         state.notifier.deliveries_due();
     }
-    Ok(HttpResponse::Accepted().json(serde_json::json!({"recovered": recovered})))
+    Ok(HttpResponse::Accepted()
+        .json(serde_json::json!({"recovered": recovered, "replay_id": replay_id})))
+}
+
+/// The stream test events are stored in.
+pub const TEST_STREAM: &str = "herald:test";
+/// Their type unless the request names one.
+pub const TEST_EVENT_TYPE: &str = "herald.test";
+
+/// `POST /v1/endpoints/{id}/test`: stores a test event in `herald:test` with a delivery to
+/// this endpoint only, sent and recorded like any other. The body may be empty, or name an
+/// `event_type` and a `payload`.
+async fn send_test_event(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Payload,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = endpoint_id(&path)?;
+    let has_body = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .is_none_or(|v| v.as_bytes() != b"0")
+        && (req
+            .headers()
+            .contains_key(actix_web::http::header::CONTENT_LENGTH)
+            || req
+                .headers()
+                .contains_key(actix_web::http::header::TRANSFER_ENCODING));
+    let (event_type, payload) = if has_body {
+        let (body, _) = read_json::<Value>(&req, body, 64 * 1024, "64 KiB").await?;
+        let fields = Fields::new(body, &["event_type", "payload"])?;
+        let event_type = fields
+            .string("event_type")?
+            .map(|raw| EventType::parse(&raw).map_err(|d| ApiError::invalid("event_type", d)))
+            .transpose()?;
+        (event_type, fields.value("payload").cloned())
+    } else {
+        (None, None)
+    };
+    let event_type = match event_type {
+        Some(t) => t,
+        None => EventType::parse(TEST_EVENT_TYPE).map_err(ApiError::Internal)?,
+    };
+    let payload = payload.unwrap_or_else(|| {
+        serde_json::json!({
+            "message": "A test event from Herald",
+            "endpoint_id": id,
+        })
+    });
+    let payload = serde_json::value::to_raw_value(&payload)
+        .map_err(|e| ApiError::invalid("payload", e.to_string()))?;
+    let stream = crate::domain::StreamName::parse(TEST_STREAM).map_err(ApiError::Internal)?;
+    let pending = PendingEvent::new(stream, event_type, RawJson(payload));
+    let mut conn = state.pool.get().await?;
+    let (event, delivery_id) = conn
+        .transaction(async |conn| {
+            let found = endpoint::find_for_update(conn, id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id}")))?;
+            if !found.enabled {
+                return Err(ApiError::Conflict(
+                    "the endpoint is disabled; enable it before sending it a test event".into(),
+                ));
+            }
+            Ok(event::insert_for_endpoint(conn, pending, id).await?)
+        })
+        .await?;
+    let event_id = event.id;
+    state.notifier.committed(&event::Stored {
+        events: vec![event],
+        pending_deliveries: 1,
+    });
+    Ok(HttpResponse::Accepted().json(serde_json::json!({
+        "event_id": event_id,
+        "delivery_id": delivery_id,
+        "stream": TEST_STREAM,
+    })))
 }

@@ -49,6 +49,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        replay_id -> Nullable<Uuid>,
     }
 }
 
@@ -114,6 +115,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    replays (id) {
+        id -> Uuid,
+        kind -> Text,
+        criteria -> Jsonb,
+        requested_by -> Uuid,
+        total -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(attempts -> deliveries (delivery_id));
 diesel::joinable!(sessions -> api_keys (api_key_id));
 
@@ -124,6 +136,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     endpoints,
     events,
     idempotency_keys,
+    replays,
     sessions,
     streams
 );

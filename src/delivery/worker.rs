@@ -111,6 +111,7 @@ pub struct Worker {
     wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     ops: Ingest,
+    notifier: Arc<crate::streams::notify::Notifier>,
     buckets: Mutex<HashMap<Uuid, Bucket>>,
     database_url: String,
     connect_timeout: Duration,
@@ -139,6 +140,7 @@ impl Worker {
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
         ops: Ingest,
+        notifier: Arc<crate::streams::notify::Notifier>,
     ) -> Arc<Self> {
         Arc::new(Self {
             pool,
@@ -150,6 +152,7 @@ impl Worker {
             wake,
             metrics,
             ops,
+            notifier,
             buckets: Mutex::new(HashMap::new()),
             database_url: settings.database_url,
             connect_timeout: settings.connect_timeout,
@@ -451,7 +454,10 @@ impl Worker {
                 result = self.write_batch(&batch).await;
             }
             match result {
-                Ok(effects) => self.after_batch(&batch, effects).await,
+                Ok(effects) => {
+                    self.notifier.deliveries_changed();
+                    self.after_batch(&batch, effects).await;
+                }
                 // The claims stay until their leases end; then the deliveries are retried.
                 Err(err) => {
                     tracing::warn!(error = %err, attempts = batch.len(), "could not record attempts")

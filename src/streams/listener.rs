@@ -17,10 +17,9 @@ use std::time::Duration;
 use diesel_async::RunQueryDsl as _;
 use futures_util::StreamExt as _;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::hub::Hub;
-use super::notify::decode;
+use super::notify::{CHANGED_ONLY, Notifier, decode};
 use super::{CHANNEL, DELIVERIES_CHANNEL};
 use crate::db::models::stream;
 use crate::db::{self, DbPool};
@@ -32,12 +31,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub async fn run_listener(
     database_url: String,
     connect_timeout: Duration,
-    instance: Uuid,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
-    delivery_wake: Arc<tokio::sync::Notify>,
+    notifier: Arc<Notifier>,
     cancel: CancellationToken,
 ) {
+    let instance = notifier.instance();
     let mut backoff = Duration::from_millis(50);
     loop {
         let session = async {
@@ -70,15 +69,21 @@ pub async fn run_listener(
         inc(&metrics.listener_connects);
         // Whatever was sent while we were not listening is lost: re-check everything.
         hub.hint_all();
-        delivery_wake.notify_one();
+        notifier.wake_worker();
+        notifier.remote_deliveries_changed();
         let mut notifications = std::pin::pin!(conn.notifications_stream());
         loop {
             tokio::select! {
                 () = cancel.cancelled() => return,
                 next = notifications.next() => match next {
                     Some(Ok(notification)) if notification.channel == DELIVERIES_CHANNEL => {
-                        if notification.payload != instance.to_string() {
-                            delivery_wake.notify_one();
+                        let mut lines = notification.payload.lines();
+                        if lines.next() == Some(instance.to_string().as_str()) {
+                            continue;
+                        }
+                        notifier.remote_deliveries_changed();
+                        if lines.next() != Some(CHANGED_ONLY) {
+                            notifier.wake_worker();
                         }
                     }
                     Some(Ok(notification)) => {

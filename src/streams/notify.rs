@@ -29,6 +29,8 @@ use crate::db::DbPool;
 use crate::db::models::event::Stored;
 use crate::metrics::{Metrics, inc};
 
+/// The second line of a deliveries `NOTIFY` that only reports recorded attempts.
+pub const CHANGED_ONLY: &str = "changed";
 /// How long changes are gathered before one `NOTIFY` carries them.
 pub const COALESCE: Duration = Duration::from_millis(3);
 /// Stays under PostgreSQL's 8000-byte payload limit.
@@ -43,7 +45,11 @@ pub struct Notifier {
     pending: Mutex<HashMap<String, i64>>,
     wake: Notify,
     deliveries_due: std::sync::atomic::AtomicBool,
+    deliveries_changed: std::sync::atomic::AtomicBool,
     delivery_wake: Arc<Notify>,
+    /// Bumped whenever deliveries change, here or (through `NOTIFY`) elsewhere: what the
+    /// console's live deliveries feed waits on.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Notifier {
@@ -62,12 +68,44 @@ impl Notifier {
             pending: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             deliveries_due: std::sync::atomic::AtomicBool::new(false),
+            deliveries_changed: std::sync::atomic::AtomicBool::new(false),
             delivery_wake,
+            changes: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// The id of this instance, as its `NOTIFY`s carry it.
+    pub fn instance(&self) -> Uuid {
+        self.instance
+    }
+
+    /// Wakes this instance's webhook worker (another instance made deliveries due).
+    pub fn wake_worker(&self) {
+        self.delivery_wake.notify_one();
+    }
+
+    /// A receiver that sees a new value whenever deliveries change.
+    pub fn watch_deliveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Says that deliveries changed on another instance (its `NOTIFY` arrived).
+    pub fn remote_deliveries_changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Says that attempts were recorded here: this instance's feed learns at once, other
+    /// instances' through a coalesced `NOTIFY` that does not wake their workers.
+    pub fn deliveries_changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.deliveries_changed
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
     }
 
     /// Says that deliveries became due outside of an event commit (a replay).
     pub fn deliveries_due(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         self.delivery_wake.notify_one();
         self.deliveries_due
             .store(true, std::sync::atomic::Ordering::Release);
@@ -77,6 +115,7 @@ impl Notifier {
     /// Records that events (and their webhook deliveries) have committed.
     pub fn committed(&self, stored: &Stored) {
         if stored.pending_deliveries > 0 {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
             self.delivery_wake.notify_one();
             self.deliveries_due
                 .store(true, std::sync::atomic::Ordering::Release);
@@ -122,15 +161,24 @@ impl Notifier {
     }
 
     async fn flush(&self, pool: &DbPool) {
-        if self
+        let due = self
             .deliveries_due
-            .swap(false, std::sync::atomic::Ordering::AcqRel)
-        {
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        let changed = self
+            .deliveries_changed
+            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        if due || changed {
+            // "Due" wakes other workers (and tells their feeds); "changed" only tells feeds.
+            let payload = if due {
+                self.instance.to_string()
+            } else {
+                format!("{}\n{CHANGED_ONLY}", self.instance)
+            };
             let sent = async {
                 let mut conn = pool.get().await.map_err(|e| e.to_string())?;
                 diesel::sql_query("SELECT pg_notify($1, $2)")
                     .bind::<Text, _>(DELIVERIES_CHANNEL)
-                    .bind::<Text, _>(self.instance.to_string())
+                    .bind::<Text, _>(payload)
                     .execute(&mut conn)
                     .await
                     .map_err(|e| e.to_string())

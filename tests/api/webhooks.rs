@@ -529,10 +529,9 @@ async fn bulk_replay_and_recover_replay_exactly_the_matching_deliveries() {
     let filter = json!({"filter": {"status": "failed", "event_type": "order.created"}});
     let replayed = app.post("/v1/deliveries/replay", &filter).await;
     assert_eq!(replayed.status(), 202);
-    assert_eq!(
-        replayed.json::<Value>().await.unwrap(),
-        json!({"replayed": 4})
-    );
+    let replayed: Value = replayed.json().await.unwrap();
+    assert_eq!(replayed["replayed"], 4);
+    let replay_id = replayed["replay_id"].as_str().unwrap().to_owned();
     let got = receiver.wait_for(9, Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -541,6 +540,48 @@ async fn bulk_replay_and_recover_replay_exactly_the_matching_deliveries() {
         "exactly the 4 matching ones were sent again"
     );
     assert!(got[5..].iter().all(|r| r.json()["type"] == "order.created"));
+
+    // The replay's progress, until done, and its deliveries as a list filter.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let progress = loop {
+        let progress: Value = app
+            .get(&format!("/v1/replays/{replay_id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        if progress["done"] == true {
+            break progress;
+        }
+        assert!(Instant::now() < deadline, "{progress}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(progress["kind"], "filter");
+    assert_eq!(progress["total"], 4);
+    assert_eq!(progress["succeeded"], 4);
+    assert_eq!(progress["failed"], 0);
+    assert_eq!(progress["pending"], 0);
+    assert_eq!(
+        progress["criteria"],
+        json!({"status": "failed", "event_type": "order.created"})
+    );
+    let of_replay: Value = app
+        .get(&format!("/v1/deliveries?replay_id={replay_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let of_replay = of_replay["deliveries"].as_array().unwrap();
+    assert_eq!(of_replay.len(), 4);
+    assert!(
+        of_replay
+            .iter()
+            .all(|d| d["replay_id"] == replay_id.as_str())
+    );
+    let unknown = app
+        .get(&format!("/v1/replays/{}", uuid::Uuid::now_v7()))
+        .await;
+    assert_problem(unknown, 404, "not-found").await;
 
     // Recover: the invoice (still failed) and an event from before the endpoint existed.
     let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
@@ -553,7 +594,19 @@ async fn bulk_replay_and_recover_replay_exactly_the_matching_deliveries() {
         .json()
         .await
         .unwrap();
-    assert_eq!(recovered, json!({"recovered": 1}));
+    assert_eq!(recovered["recovered"], 1);
+    let recover_progress: Value = app
+        .get(&format!(
+            "/v1/replays/{}",
+            recovered["replay_id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recover_progress["kind"], "recover");
+    assert_eq!(recover_progress["total"], 1);
+    assert_eq!(recover_progress["criteria"]["endpoint_id"], endpoint["id"]);
     let got = receiver.wait_for(10, Duration::from_secs(5)).await;
     assert_eq!(got[9].json()["type"], "invoice.created");
 
@@ -592,7 +645,19 @@ async fn recover_sends_events_from_before_the_endpoint_existed() {
         .json()
         .await
         .unwrap();
-    assert_eq!(recovered, json!({"recovered": 1}));
+    assert_eq!(recovered["recovered"], 1);
+    let recover_progress: Value = app
+        .get(&format!(
+            "/v1/replays/{}",
+            recovered["replay_id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recover_progress["kind"], "recover");
+    assert_eq!(recover_progress["total"], 1);
+    assert_eq!(recover_progress["criteria"]["endpoint_id"], endpoint["id"]);
     let got = receiver.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got[0].json()["data"], "early");
     let bad = app.post(&path, &json!({"since": "yesterday"})).await;
@@ -786,4 +851,132 @@ async fn the_overview_counts_deliveries_backlog_and_endpoint_health() {
         .await
         .unwrap();
     assert_problem(denied, 403, "forbidden").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_event_goes_to_that_endpoint_only() {
+    let app = webhook_app("").await;
+    let target = Receiver::start().await;
+    let other = Receiver::start().await;
+    let endpoint = create_endpoint(&app, json!({"url": target.url})).await;
+    // Subscribes to everything, Herald's own streams included: still gets no test event.
+    create_endpoint(&app, json!({"url": other.url, "streams": ["herald:*"]})).await;
+    let id = endpoint["id"].as_str().unwrap();
+
+    let sent = app
+        .request(Method::POST, &format!("/v1/endpoints/{id}/test"), ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+    let sent: Value = sent.json().await.unwrap();
+    assert_eq!(sent["stream"], "herald:test");
+    let got = target.wait_for(1, Duration::from_secs(5)).await;
+    let body = got[0].json();
+    assert_eq!(body["type"], "herald.test");
+    assert_eq!(body["data"]["endpoint_id"], id);
+    assert!(verify(endpoint["secret"].as_str().unwrap(), &got[0]));
+    let delivery = wait_for_status(&app, sent["delivery_id"].as_str().unwrap(), "succeeded").await;
+    assert_eq!(delivery["endpoint_id"], id);
+    assert_eq!(delivery["event_id"], sent["event_id"]);
+
+    // A chosen type and payload.
+    let custom = app
+        .post(
+            &format!("/v1/endpoints/{id}/test"),
+            &json!({"event_type": "invoice.paid", "payload": {"amount": 5}}),
+        )
+        .await;
+    assert_eq!(custom.status(), 202);
+    let got = target.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(got[1].json()["type"], "invoice.paid");
+    assert_eq!(got[1].json()["data"], json!({"amount": 5}));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(other.received().is_empty(), "only the chosen endpoint");
+
+    let bad_type = app
+        .post(
+            &format!("/v1/endpoints/{id}/test"),
+            &json!({"event_type": "a b"}),
+        )
+        .await;
+    assert_eq!(
+        assert_problem(bad_type, 422, "validation").await["field"],
+        "event_type"
+    );
+    let unknown = app
+        .post(
+            &format!("/v1/endpoints/{}/test", uuid::Uuid::now_v7()),
+            &json!({}),
+        )
+        .await;
+    assert_problem(unknown, 404, "not-found").await;
+    let disable = app
+        .request(Method::PATCH, &format!("/v1/endpoints/{id}"), ADMIN_KEY)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disable.status(), 200);
+    let disabled = app
+        .post(&format!("/v1/endpoints/{id}/test"), &json!({}))
+        .await;
+    assert_problem(disabled, 409, "conflict").await;
+}
+
+/// Reads server-sent events from `response` until one named `name` arrives (5 s at most).
+async fn next_sse_event(
+    stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buffer: &mut String,
+    name: &str,
+) {
+    use futures_util::StreamExt as _;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(at) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..at + 2).collect();
+            if block.lines().any(|l| l == format!("event: {name}")) {
+                return;
+            }
+            continue;
+        }
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {name:?} event within 5 s; got {buffer:?}"))
+            .expect("the feed ended")
+            .unwrap();
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_changes_feed_announces_new_and_attempted_deliveries() {
+    let app = webhook_app("").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(600)));
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    let response = app
+        .request(Method::GET, "/v1/deliveries/changes", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    next_sse_event(&mut stream, &mut buffer, "ready").await;
+
+    app.publish("orders", "order.created", json!(1)).await;
+    // Created (then, 600 ms later, attempted): two announcements.
+    next_sse_event(&mut stream, &mut buffer, "changed").await;
+    next_sse_event(&mut stream, &mut buffer, "changed").await;
+    assert_eq!(only_delivery(&app).await["status"], "succeeded");
+
+    let reader = app.create_key("subscriber", &["orders"]).await;
+    let refused = app
+        .request(Method::GET, "/v1/deliveries/changes", &reader)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, 403, "forbidden").await;
 }

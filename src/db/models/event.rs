@@ -166,6 +166,59 @@ pub async fn insert_all(
     })
 }
 
+/// Stores `pending` with one delivery, to `endpoint_id` only, whatever the endpoints'
+/// filters say (an endpoint's test event). Returns the event and the delivery's id.
+pub async fn insert_for_endpoint(
+    conn: &mut AsyncPgConnection,
+    pending: PendingEvent,
+    endpoint_id: Uuid,
+) -> QueryResult<(Event, Uuid)> {
+    #[derive(QueryableByName)]
+    struct Inserted {
+        #[diesel(sql_type = BigInt)]
+        seq: i64,
+        #[diesel(sql_type = Timestamptz)]
+        created_at: DateTime<Utc>,
+    }
+    let delivery_id = Uuid::now_v7();
+    // One statement, so the counter's row lock orders it with every other writer of the
+    // stream exactly as `insert_all` does.
+    let inserted: Inserted = diesel::sql_query(
+        "WITH c AS ( \
+           INSERT INTO streams AS s (name, last_seq) VALUES ($1, 1) \
+           ON CONFLICT (name) DO UPDATE SET last_seq = s.last_seq + 1, updated_at = now() \
+           RETURNING s.last_seq, now() AS now), \
+         ev AS ( \
+           INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
+           SELECT $2, $1, c.last_seq, $3, $4, c.now FROM c \
+           RETURNING id, stream, seq, event_type, created_at), \
+         d AS ( \
+           INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                                   next_attempt_at, created_at, updated_at) \
+           SELECT $5, ev.id, $6, ev.stream, ev.seq, ev.event_type, 'pending', now(), \
+                  clock_timestamp(), now() FROM ev \
+           RETURNING id) \
+         SELECT ev.seq, ev.created_at FROM ev, d",
+    )
+    .bind::<Text, _>(pending.stream.as_str())
+    .bind::<SqlUuid, _>(pending.id)
+    .bind::<Text, _>(pending.event_type.as_str())
+    .bind::<Json, _>(&pending.payload)
+    .bind::<SqlUuid, _>(delivery_id)
+    .bind::<SqlUuid, _>(endpoint_id)
+    .get_result(conn)
+    .await?;
+    let event = Event {
+        id: pending.id,
+        stream: pending.stream.into_inner(),
+        seq: inserted.seq,
+        event_type: pending.event_type.into_inner(),
+        payload: pending.payload,
+        created_at: inserted.created_at,
+    };
+    Ok((event, delivery_id))
+}
+
 /// What [`insert_all`] stored.
 #[derive(Debug)]
 pub struct Stored {

@@ -1,0 +1,3 @@
+DROP INDEX deliveries_replay_idx;
+ALTER TABLE deliveries DROP COLUMN replay_id;
+DROP TABLE replays;
