@@ -1,67 +1,179 @@
-// Herald console: signs in with an admin key (exchanged for an HttpOnly session cookie)
-// and keeps the session's CSRF token in memory for state-changing requests.
+// Herald console: sign-in, the router, and the live feed that tells the open view to
+// refresh. Each view lives in views/ and renders into #view.
+
+import { api, setSession, whenSignedOut } from "/admin/api.js";
+import { loading, failure } from "/admin/ui.js";
+import * as overview from "/admin/views/overview.js";
+import * as deliveries from "/admin/views/deliveries.js";
+import * as delivery from "/admin/views/delivery.js";
+import * as endpoints from "/admin/views/endpoints.js";
+import * as endpoint from "/admin/views/endpoint.js";
 
 const $ = (id) => document.getElementById(id);
-let csrfToken = null;
 
-async function api(method, path, body) {
-  const headers = { "Content-Type": "application/json" };
-  if (csrfToken && method !== "GET") headers["X-CSRF-Token"] = csrfToken;
-  const response = await fetch(path, {
-    method,
-    headers,
-    credentials: "same-origin",
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await response.text();
-  const data = text ? JSON.parse(text) : null;
-  if (!response.ok) {
-    const error = new Error((data && (data.detail || data.title)) || `HTTP ${response.status}`);
-    error.status = response.status;
-    throw error;
-  }
-  return data;
+const routes = [
+  { pattern: /^\/admin\/?$/, view: overview, nav: "overview" },
+  { pattern: /^\/admin\/deliveries\/?$/, view: deliveries, nav: "deliveries" },
+  { pattern: /^\/admin\/deliveries\/([0-9a-f-]+)$/, view: delivery, nav: "deliveries" },
+  { pattern: /^\/admin\/endpoints\/?$/, view: endpoints, nav: "endpoints" },
+  { pattern: /^\/admin\/endpoints\/([0-9a-f-]+)$/, view: endpoint, nav: "endpoints" },
+];
+
+let current = null; // { refresh, dispose } of the view on screen
+let feed = null;
+let renderCount = 0;
+
+function showSignIn() {
+  closeFeed();
+  disposeCurrent();
+  setSession(null);
+  $("loading").hidden = true;
+  $("view").hidden = true;
+  $("nav").hidden = true;
+  $("session").hidden = true;
+  $("sign-in-view").hidden = false;
+  document.title = "Sign in · Herald console";
+  $("key").focus();
 }
 
-function show(view) {
-  $("loading").hidden = true;
-  $("sign-in-view").hidden = view !== "sign-in";
-  $("console-view").hidden = view !== "console";
-  $("sign-out").hidden = view !== "console";
+function disposeCurrent() {
+  if (current && current.dispose) current.dispose();
+  current = null;
+}
+
+/** Renders the view for the current URL. */
+async function render({ focus = true } = {}) {
+  const path = location.pathname;
+  const route = routes.find((r) => r.pattern.test(path));
+  const root = $("view");
+  disposeCurrent();
+  const token = ++renderCount;
+  for (const link of document.querySelectorAll("[data-nav]")) {
+    if (route && link.dataset.nav === route.nav) link.setAttribute("aria-current", "page");
+    else link.removeAttribute("aria-current");
+  }
+  if (!route) {
+    root.replaceChildren(failure(new Error(`there is no console page at ${path}`)));
+    return;
+  }
+  root.replaceChildren(loading());
+  const params = path.match(route.pattern).slice(1);
+  const context = { navigate, params, query: new URLSearchParams(location.search) };
+  try {
+    const mounted = await route.view.render(root, context);
+    if (token !== renderCount) {
+      if (mounted && mounted.dispose) mounted.dispose();
+      return;
+    }
+    current = mounted || null;
+  } catch (error) {
+    if (token === renderCount) root.replaceChildren(failure(error, () => render()));
+  }
+  const heading = root.querySelector("h1");
+  if (heading) {
+    document.title = `${heading.textContent} · Herald console`;
+    if (focus) {
+      heading.setAttribute("tabindex", "-1");
+      heading.focus({ preventScroll: false });
+    }
+  }
+}
+
+/** Goes to a console URL without reloading. */
+export function navigate(url, { replace = false } = {}) {
+  if (replace) history.replaceState(null, "", url);
+  else history.pushState(null, "", url);
+  render();
+}
+
+function openFeed() {
+  closeFeed();
+  const live = $("live");
+  feed = new EventSource("/v1/deliveries/changes");
+  feed.addEventListener("ready", () => {
+    live.textContent = "Live";
+    live.className = "live live-on";
+  });
+  feed.addEventListener("changed", () => {
+    if (current && current.refresh) current.refresh();
+  });
+  feed.addEventListener("error", () => {
+    live.textContent = "Reconnecting…";
+    live.className = "live live-off";
+  });
+}
+
+function closeFeed() {
+  if (feed) feed.close();
+  feed = null;
 }
 
 async function start() {
+  let session;
   try {
-    const session = await api("GET", "/v1/sessions/current");
-    csrfToken = session.csrf_token;
-    $("key-prefix").textContent = session.key_prefix;
-    show("console");
+    session = await api("GET", "/v1/sessions/current");
   } catch {
-    show("sign-in");
+    showSignIn();
+    return;
   }
+  setSession(session);
+  $("key-prefix").textContent = session.key_prefix;
+  $("sign-in-view").hidden = true;
+  $("loading").hidden = true;
+  $("nav").hidden = false;
+  $("session").hidden = false;
+  $("view").hidden = false;
+  openFeed();
+  await render({ focus: false });
 }
 
 $("sign-in-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const error = $("sign-in-error");
+  const button = event.target.querySelector("button");
   error.hidden = true;
+  button.disabled = true;
   try {
     await api("POST", "/v1/sessions", { key: $("key").value });
     $("key").value = "";
     await start();
   } catch (e) {
-    error.textContent = e.status === 429 ? "Too many failed attempts; wait a few minutes." : e.message;
+    error.textContent =
+      e.status === 429
+        ? "Too many failed attempts. Wait a few minutes, then try again."
+        : e.status === 401
+          ? "That key is not valid. Check it and try again."
+          : e.status === 403
+            ? "That key is not an admin key. The console needs an admin key."
+            : e.message;
     error.hidden = false;
+    $("key").focus();
+  } finally {
+    button.disabled = false;
   }
 });
 
 $("sign-out").addEventListener("click", async () => {
   try {
     await api("DELETE", "/v1/sessions/current");
-  } finally {
-    csrfToken = null;
-    show("sign-in");
+  } catch {
+    // Signed out either way: the session is gone or unusable.
   }
+  showSignIn();
 });
 
+// Same-origin console links navigate without a reload.
+document.addEventListener("click", (event) => {
+  const link = event.target.closest("a[href]");
+  if (!link || event.defaultPrevented || event.button !== 0) return;
+  if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
+  const url = new URL(link.href, location.href);
+  if (url.origin !== location.origin || !url.pathname.startsWith("/admin")) return;
+  if (link.hasAttribute("download") || link.target) return;
+  event.preventDefault();
+  navigate(url.pathname + url.search);
+});
+
+window.addEventListener("popstate", () => render());
+whenSignedOut(showSignIn);
 start();

@@ -250,13 +250,6 @@ async fn list_deliveries(
     }))
 }
 
-#[derive(Debug, Serialize)]
-struct DeliveryDetailDto {
-    #[serde(flatten)]
-    delivery: DeliveryDto,
-    attempts: Vec<AttemptDto>,
-}
-
 async fn get_delivery(
     path: web::Path<String>,
     principal: Principal,
@@ -269,10 +262,18 @@ async fn get_delivery(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no delivery with id {id}")))?;
     let attempts = delivery::attempts_of(&mut conn, id).await?;
-    Ok(HttpResponse::Ok().json(DeliveryDetailDto {
-        delivery: found.into(),
-        attempts: attempts.into_iter().map(AttemptDto::from).collect(),
-    }))
+    // The delivery's fields, with `attempts` as the list of attempts (not their count,
+    // which the list gives).
+    let mut detail = match serde_json::to_value(DeliveryDto::from(found)) {
+        Ok(Value::Object(map)) => map,
+        _ => return Err(ApiError::Internal("a delivery did not serialize".into())),
+    };
+    let attempts: Vec<AttemptDto> = attempts.into_iter().map(AttemptDto::from).collect();
+    detail.insert(
+        "attempts".into(),
+        serde_json::to_value(attempts).map_err(|e| ApiError::Internal(e.to_string()))?,
+    );
+    Ok(HttpResponse::Ok().json(Value::Object(detail)))
 }
 
 async fn replay_delivery(

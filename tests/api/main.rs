@@ -8,6 +8,8 @@
     reason = "helpers outside #[test] functions fail the test loudly, as they should"
 )]
 
+mod browser;
+mod console;
 mod crash;
 mod embedded;
 mod endpoints;

@@ -107,6 +107,20 @@ async fn a_webhook_arrives_signed_in_the_standard_format() {
     let delivery = only_delivery(&app).await;
     let delivery = wait_for_status(&app, delivery["id"].as_str().unwrap(), "succeeded").await;
     assert_eq!(delivery["attempts"].as_array().unwrap().len(), 1);
+    let raw = app
+        .get(&format!(
+            "/v1/deliveries/{}",
+            delivery["id"].as_str().unwrap()
+        ))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        raw.matches("\"attempts\":").count(),
+        1,
+        "one attempts key: {raw}"
+    );
     let attempt = &delivery["attempts"][0];
     assert_eq!(attempt["response_status"], 200);
     assert_eq!(attempt["response_body"], "status 200");

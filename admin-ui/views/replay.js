@@ -1,0 +1,48 @@
+// Progress of a bulk replay or recover (GET /v1/replays/{id}), until every delivery it
+// made due has been attempted.
+
+import { api, query } from "/admin/api.js";
+import { h, replace } from "/admin/ui.js";
+
+/** A live progress panel; call `refresh` on changes and `dispose` when leaving. */
+export function replayProgress(replayId) {
+  const bar = h("progress", { max: "1", value: "0", "aria-label": "Replay progress" });
+  const text = h("p", { role: "status", "aria-live": "polite", text: "Starting…" });
+  const panel = h(
+    "section",
+    { class: "card progress", id: "replay-progress", "aria-label": "Replay progress" },
+    h("h2", { text: "Replay in progress" }),
+    bar,
+    text,
+    h("a", { href: `/admin/deliveries${query({ replay_id: replayId })}`, text: "Show these deliveries" }),
+  );
+  let timer = null;
+  let finished = false;
+
+  async function refresh() {
+    if (finished) return;
+    let replay;
+    try {
+      replay = await api("GET", `/v1/replays/${replayId}`);
+    } catch (error) {
+      text.textContent = `Could not read the progress: ${error.message}`;
+      return;
+    }
+    const attempted = replay.succeeded + replay.failed;
+    bar.max = Math.max(replay.total, 1);
+    bar.value = replay.done ? bar.max : attempted;
+    text.textContent = replay.done
+      ? `Done: ${replay.total} replayed, ${replay.succeeded} succeeded, ${replay.failed} failed.`
+      : `${attempted} of ${replay.total} attempted: ${replay.succeeded} succeeded, ${replay.failed} failed, ${replay.pending + replay.delivering} to go.`;
+    if (replay.done) {
+      finished = true;
+      panel.dataset.done = "true";
+      replace(panel.querySelector("h2"), "Replay finished");
+      clearInterval(timer);
+    }
+  }
+
+  timer = setInterval(refresh, 1000);
+  refresh();
+  return { element: panel, refresh, dispose: () => clearInterval(timer) };
+}

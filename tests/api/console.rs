@@ -1,0 +1,474 @@
+//! The console, end to end, in a real headless Chromium against a real Herald, a real
+//! PostgreSQL and real webhook receivers on loopback.
+
+use std::time::Duration;
+
+use herald::domain::destination::DestinationGuard;
+use herald::domain::retry::RetrySchedule;
+use serde_json::{Value, json};
+
+use crate::browser::Browser;
+use crate::helpers::{ADMIN_KEY, TestApp, spawn_app_with};
+use crate::receiver::{Receiver, Reply};
+
+/// Failed requests the console is expected to make: checking for a session while signed
+/// out, and the deliberate wrong key.
+const EXPECTED_FAILURES: [&str; 2] = [
+    "/v1/sessions/current - Failed to load resource: the server responded with a status of 401",
+    "/v1/sessions - Failed to load resource: the server responded with a status of 401",
+];
+
+async fn console_app() -> TestApp {
+    spawn_app_with(|s| {
+        s.destinations = DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
+        // No retries: a failure is final at once, so tests see "failed" quickly.
+        s.retry_schedule = RetrySchedule::parse("").unwrap();
+        s.delivery_timeout = Duration::from_secs(5);
+    })
+    .await
+}
+
+async fn sign_in(browser: &Browser) {
+    browser.goto("/admin/").await;
+    browser.fill("#key", ADMIN_KEY).await;
+    // Enter submits: the form works from the keyboard.
+    browser
+        .find("#key")
+        .await
+        .send_keys("\u{E007}")
+        .await
+        .unwrap();
+    browser.find("#nav a[href='/admin/deliveries']").await;
+    browser
+        .wait_until(
+            "the live feed",
+            "document.getElementById('live').textContent === 'Live'",
+        )
+        .await;
+}
+
+async fn receiver_count(receiver: &Receiver, event_type: &str) -> usize {
+    receiver
+        .received()
+        .iter()
+        .filter(|r| r.json()["type"] == event_type)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_a_failed_delivery_sees_why_and_replays_it() {
+    let app = console_app().await;
+    let receiver = Receiver::start().await;
+    let mut failing = Reply::status(500);
+    failing.body = r#"{"error":"database is down"}"#.into();
+    receiver.set_default(failing);
+    let browser = Browser::start(&app.address).await;
+
+    // A wrong key: a clear message, and the form stays.
+    browser.goto("/admin/").await;
+    browser
+        .fill("#key", "hrld_not_a_real_key_000000000000")
+        .await;
+    browser.click("#sign-in-form button[type=submit]").await;
+    browser
+        .wait_until(
+            "the wrong-key message",
+            "!document.getElementById('sign-in-error').hidden",
+        )
+        .await;
+    assert!(browser.text("#sign-in-error").await.contains("not valid"));
+    browser.screenshot("sign-in").await;
+
+    sign_in(&browser).await;
+
+    // An endpoint, created in the console: its secret is shown once.
+    browser.click("#nav a[href='/admin/endpoints']").await;
+    browser.find("#new-endpoint-form").await;
+    browser.fill("#new-url", &receiver.url).await;
+    browser.fill("#new-description", "Billing service").await;
+    browser
+        .click("#new-endpoint-form button[type=submit]")
+        .await;
+    let secret = browser
+        .find("#created-area input")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    browser.find("#endpoints-table tbody tr").await;
+
+    // The deliveries page is open before anything happens: rows arrive live.
+    browser.click("#nav a[href='/admin/deliveries']").await;
+    browser.find("#filters").await;
+    app.publish("orders", "order.created", json!({"id": 1, "total": 1250}))
+        .await;
+    app.publish("orders", "order.created", json!({"id": 2, "total": 80}))
+        .await;
+    app.publish("invoices", "invoice.created", json!({"id": 7}))
+        .await;
+    browser
+        .wait_until(
+            "three failed deliveries in the table",
+            "document.querySelectorAll('#deliveries-table tbody tr[data-status=failed]').length === 3",
+        )
+        .await;
+    browser.screenshot("deliveries").await;
+
+    // Open the oldest order: the 500 and the receiver's body are there.
+    let rows = browser
+        .client
+        .find_all(fantoccini::Locator::Css(
+            "#deliveries-table tbody tr[data-status=failed]",
+        ))
+        .await
+        .unwrap();
+    let mut order_rows = Vec::new();
+    for row in rows {
+        if row.text().await.unwrap().contains("order.created") {
+            order_rows.push(row);
+        }
+    }
+    assert_eq!(order_rows.len(), 2);
+    order_rows[1]
+        .find(fantoccini::Locator::Css("a"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    browser.find("#attempts").await;
+    assert!(browser.path().await.starts_with("/admin/deliveries/"));
+    assert_eq!(browser.text("#delivery-status").await, "failed");
+    let attempt = browser.text("#attempts li:first-child").await;
+    assert!(attempt.contains("HTTP 500"), "{attempt}");
+    assert!(attempt.contains("database is down"), "{attempt}");
+    assert!(attempt.contains("webhook-signature"), "{attempt}");
+    let payload = browser.text("#event-payload").await;
+    assert!(
+        payload.contains("\"total\": 1250"),
+        "pretty-printed: {payload}"
+    );
+    browser.screenshot("delivery-failed").await;
+
+    // Fix the receiver, replay: the new attempt appears without a reload.
+    receiver.set_default(Reply::status(200));
+    browser
+        .js("window.__sameDocument = true; return null;", vec![])
+        .await;
+    browser.click("#replay").await;
+    browser
+        .wait_until(
+            "the replayed attempt",
+            "document.querySelectorAll('#attempts li').length === 2 \
+             && document.querySelector('#attempts li[data-status=\"200\"][data-trigger=replay]') \
+             && document.getElementById('delivery-status').textContent === 'succeeded'",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .js("return window.__sameDocument === true;", vec![])
+            .await,
+        json!(true),
+        "no reload"
+    );
+    let replayed = browser.text("#attempts li:first-child").await;
+    assert!(replayed.contains("HTTP 200"), "{replayed}");
+    assert!(replayed.contains("replay by"), "{replayed}");
+    browser.screenshot("delivery-replayed").await;
+
+    // Bulk replay from a filter: failed order.created, which is now exactly one.
+    browser.click("#nav a[href='/admin/deliveries']").await;
+    browser.find("#filters").await;
+    browser
+        .find("#f-status")
+        .await
+        .select_by_value("failed")
+        .await
+        .unwrap();
+    browser.fill("#f-type", "order.created").await;
+    browser.click("#filters button[type=submit]").await;
+    browser
+        .wait_until(
+            "the filter in the URL",
+            "location.search.includes('status=failed') && location.search.includes('event_type=order.created')",
+        )
+        .await;
+    browser
+        .wait_until(
+            "one matching row",
+            "document.querySelectorAll('#deliveries-table tbody tr').length === 1",
+        )
+        .await;
+    let orders_before = receiver_count(&receiver, "order.created").await;
+    let invoices_before = receiver_count(&receiver, "invoice.created").await;
+    browser.click("#bulk-replay").await;
+    let dialog = browser.text("dialog.confirm").await;
+    assert!(dialog.contains("Replay 1 delivery?"), "{dialog}");
+    browser.screenshot("bulk-replay-confirm").await;
+    browser.click("dialog.confirm button[value=confirm]").await;
+    browser
+        .wait_until(
+            "the replay to finish",
+            "document.querySelector('#replay-progress[data-done=true]')",
+        )
+        .await;
+    assert!(
+        browser
+            .text("#replay-progress")
+            .await
+            .contains("1 replayed, 1 succeeded")
+    );
+    browser.screenshot("bulk-replay-done").await;
+    assert_eq!(
+        receiver_count(&receiver, "order.created").await,
+        orders_before + 1
+    );
+    assert_eq!(
+        receiver_count(&receiver, "invoice.created").await,
+        invoices_before,
+        "the invoice did not match the filter"
+    );
+    // A shared URL opens the same view.
+    let shared = browser.path().await;
+    browser.goto(&shared).await;
+    assert_eq!(
+        browser.find("#f-type").await.prop("value").await.unwrap(),
+        Some("order.created".into())
+    );
+
+    // The overview shows what is failing.
+    browser.click("#nav a[href='/admin/']").await;
+    browser.find("#status-counts").await;
+    browser.find("#troubled-endpoints").await;
+    browser.screenshot("overview").await;
+
+    // Phone width: everything still fits.
+    browser.resize(390, 844).await;
+    browser.click("#nav a[href='/admin/deliveries']").await;
+    browser.find("#deliveries-table").await;
+    let overflowing = browser.overflowing().await;
+    assert!(
+        overflowing.is_empty(),
+        "deliveries fit a phone's width: {overflowing:?}"
+    );
+    browser.screenshot("deliveries-phone").await;
+    browser.resize(1280, 900).await;
+
+    // CSRF: the session alone cannot change anything.
+    let no_token = browser
+        .fetch_status(
+            "POST",
+            "/v1/deliveries/replay",
+            json!({"Content-Type": "application/json"}),
+        )
+        .await;
+    assert_eq!(no_token, 403);
+    let bad_token = browser
+        .fetch_status(
+            "POST",
+            "/v1/deliveries/replay",
+            json!({"Content-Type": "application/json", "X-CSRF-Token": "forged"}),
+        )
+        .await;
+    assert_eq!(bad_token, 403);
+
+    // Sign out: the session is over, in this browser and on the server.
+    browser.click("#sign-out").await;
+    browser.find("#sign-in-form").await;
+    browser
+        .wait_until(
+            "the sign-in form",
+            "!document.getElementById('sign-in-view').hidden",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .fetch_status("GET", "/v1/deliveries", json!({}))
+            .await,
+        401
+    );
+    browser.goto("/admin/deliveries").await;
+    browser
+        .wait_until(
+            "the sign-in form",
+            "!document.getElementById('sign-in-view').hidden",
+        )
+        .await;
+
+    let errors = browser.console_errors(&EXPECTED_FAILURES).await;
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.contains("status of 403") && !e.contains("/v1/deliveries - Failed to load resource: the server responded with a status of 401"))
+        .collect();
+    assert!(unexpected.is_empty(), "console errors: {unexpected:?}");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_manages_an_endpoint() {
+    let app = console_app().await;
+    let receiver = Receiver::start().await;
+    let created: Value = app
+        .post(
+            "/v1/endpoints",
+            &json!({"url": receiver.url, "description": "Ledger"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Two events the endpoint missed while down.
+    receiver.set_default(Reply::status(503));
+    app.publish("orders", "order.created", json!(1)).await;
+    app.publish("orders", "order.created", json!(2)).await;
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+
+    let browser = Browser::start(&app.address).await;
+    sign_in(&browser).await;
+    browser.click("#nav a[href='/admin/endpoints']").await;
+    browser
+        .click(&format!("#endpoints-table tr[data-id='{id}'] a"))
+        .await;
+    browser.find("#endpoint-state").await;
+    browser
+        .wait_until(
+            "the endpoint's failures",
+            "document.body.innerText.includes('2 failed')",
+        )
+        .await;
+    browser.screenshot("endpoint").await;
+
+    // Rotate: the new secret is shown once, with a copy button.
+    browser.click("#rotate-secret").await;
+    browser.click("dialog.confirm button[value=confirm]").await;
+    let secret = browser
+        .find("#action-result input")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(secret.starts_with("whsec_"));
+    assert_ne!(Some(secret.as_str()), created["secret"].as_str());
+    browser.click("#action-result button").await;
+    browser
+        .wait_until(
+            "the copy confirmation",
+            "/Copied|Selected/.test(document.getElementById('action-result').innerText)",
+        )
+        .await;
+
+    // Send a test event and follow it to its delivery.
+    receiver.set_default(Reply::status(200));
+    browser.click("#send-test").await;
+    browser.click("#action-result a").await;
+    browser
+        .wait_until(
+            "the test delivery to succeed",
+            "document.getElementById('delivery-status') && document.getElementById('delivery-status').textContent === 'succeeded'",
+        )
+        .await;
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .any(|r| r.json()["type"] == "herald.test")
+    );
+
+    // Disable, then enable again.
+    browser.goto(&format!("/admin/endpoints/{id}")).await;
+    browser.find("#endpoint-state").await;
+    browser.click("#toggle-enabled").await;
+    browser.click("dialog.confirm button[value=confirm]").await;
+    browser
+        .wait_until(
+            "disabled",
+            "document.getElementById('endpoint-state').textContent.startsWith('disabled')",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .find("#send-test")
+            .await
+            .prop("disabled")
+            .await
+            .unwrap(),
+        Some("true".into())
+    );
+    browser.click("#toggle-enabled").await;
+    browser
+        .wait_until(
+            "enabled",
+            "!document.getElementById('endpoint-state').textContent.startsWith('disabled')",
+        )
+        .await;
+
+    // Recover the two missed events; progress runs to done.
+    let before = receiver.received().len();
+    browser.click("#recover-form button[type=submit]").await;
+    browser.click("dialog.confirm button[value=confirm]").await;
+    browser
+        .wait_until(
+            "the recover to finish",
+            "document.querySelector('#replay-progress[data-done=true]')",
+        )
+        .await;
+    assert!(
+        browser
+            .text("#replay-progress")
+            .await
+            .contains("2 replayed, 2 succeeded")
+    );
+    assert_eq!(receiver.received().len(), before + 2);
+    browser.screenshot("endpoint-recovered").await;
+
+    // Edit: a bad URL is refused with the field marked, a good one is saved.
+    browser.fill("#edit-url", "ftp://example.com/hook").await;
+    browser
+        .click("#edit-endpoint-form button[type=submit]")
+        .await;
+    browser
+        .wait_until(
+            "the validation message",
+            "document.getElementById('edit-url').getAttribute('aria-invalid') === 'true'",
+        )
+        .await;
+    browser.fill("#edit-url", &receiver.url).await;
+    browser.fill("#edit-description", "Ledger (primary)").await;
+    browser
+        .click("#edit-endpoint-form button[type=submit]")
+        .await;
+    browser
+        .wait_until(
+            "saved",
+            "document.getElementById('action-result').innerText.includes('Saved')",
+        )
+        .await;
+    let stored: Value = app
+        .get(&format!("/v1/endpoints/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["description"], "Ledger (primary)");
+
+    browser.resize(390, 844).await;
+    browser.find("#endpoint-state").await;
+    let overflowing = browser.overflowing().await;
+    assert!(
+        overflowing.is_empty(),
+        "the endpoint page fits a phone's width: {overflowing:?}"
+    );
+    browser.screenshot("endpoint-phone").await;
+
+    let errors = browser.console_errors(&EXPECTED_FAILURES).await;
+    let unexpected: Vec<&String> = errors
+        .iter()
+        .filter(|e| !e.contains("/v1/endpoints/") || !e.contains("status of 422"))
+        .collect();
+    assert!(unexpected.is_empty(), "console errors: {unexpected:?}");
+    browser.close().await;
+}
