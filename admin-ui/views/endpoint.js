@@ -107,6 +107,7 @@ export async function render(root, { params, navigate }) {
     root,
     h("p", { class: "crumbs" }, h("a", { href: "/admin/endpoints", text: "Endpoints" }), " / ", h("span", { class: "mono", text: id.slice(0, 8) })),
     h("h1", { class: "mono break", text: shortUrl(endpoint.url) }),
+    endpoint.description ? h("p", { class: "muted subtitle", text: endpoint.description }) : null,
     h("div", { class: "row wrap toolbar", role: "group", "aria-label": "Endpoint actions" }, toggle, testButton, rotateButton,
       h("a", { class: "button", href: `/admin/deliveries${query({ endpoint_id: id })}`, text: "Its deliveries" }), deleteButton),
     result,
