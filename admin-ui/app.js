@@ -2,7 +2,7 @@
 // refresh. Each view lives in views/ and renders into #view.
 
 import { api, setSession, whenSignedOut } from "/admin/api.js";
-import { loading, failure } from "/admin/ui.js";
+import { h, loading, failure } from "/admin/ui.js";
 import * as overview from "/admin/views/overview.js";
 import * as deliveries from "/admin/views/deliveries.js";
 import * as delivery from "/admin/views/delivery.js";
@@ -24,6 +24,7 @@ let feed = null;
 let renderCount = 0;
 
 function showSignIn() {
+  renderCount++;
   closeFeed();
   disposeCurrent();
   setSession(null);
@@ -31,6 +32,7 @@ function showSignIn() {
   $("view").hidden = true;
   $("nav").hidden = true;
   $("session").hidden = true;
+  $("stale").hidden = true;
   $("sign-in-view").hidden = false;
   document.title = "Sign in · Herald console";
   $("key").focus();
@@ -41,33 +43,38 @@ function disposeCurrent() {
   current = null;
 }
 
-/** Renders the view for the current URL. */
+/** Renders the view for the current URL. Each view builds into its own element, which
+ * replaces the page only if no later navigation happened meanwhile. */
 async function render({ focus = true } = {}) {
   const path = location.pathname;
   const route = routes.find((r) => r.pattern.test(path));
   const root = $("view");
   disposeCurrent();
+  $("stale").hidden = true;
   const token = ++renderCount;
   for (const link of document.querySelectorAll("[data-nav]")) {
     if (route && link.dataset.nav === route.nav) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
   if (!route) {
-    root.replaceChildren(failure(new Error(`there is no console page at ${path}`)));
-    return;
-  }
-  root.replaceChildren(loading());
-  const params = path.match(route.pattern).slice(1);
-  const context = { navigate, params, query: new URLSearchParams(location.search) };
-  try {
-    const mounted = await route.view.render(root, context);
-    if (token !== renderCount) {
-      if (mounted && mounted.dispose) mounted.dispose();
-      return;
+    root.replaceChildren(h("h1", { text: "Page not found" }), failure(new Error(`there is no console page at ${path}`)));
+  } else {
+    root.replaceChildren(loading());
+    const host = h("div");
+    const params = path.match(route.pattern).slice(1);
+    const context = { navigate, params, query: new URLSearchParams(location.search) };
+    try {
+      const mounted = await route.view.render(host, context);
+      if (token !== renderCount) {
+        if (mounted && mounted.dispose) mounted.dispose();
+        return;
+      }
+      root.replaceChildren(host);
+      current = mounted || null;
+    } catch (error) {
+      if (token !== renderCount) return;
+      root.replaceChildren(h("h1", { text: "Could not load this page" }), failure(error, () => render()));
     }
-    current = mounted || null;
-  } catch (error) {
-    if (token === renderCount) root.replaceChildren(failure(error, () => render()));
   }
   const heading = root.querySelector("h1");
   if (heading) {
@@ -79,6 +86,21 @@ async function render({ focus = true } = {}) {
   }
 }
 
+/** Re-reads what the page shows; says so if that fails (the data on screen may be old). */
+async function refreshView() {
+  const view = current;
+  if (!view || !view.refresh) return;
+  const stale = $("stale");
+  try {
+    await view.refresh();
+    if (view === current) stale.hidden = true;
+  } catch (error) {
+    if (view !== current) return;
+    stale.textContent = `This page could not be refreshed (${error.message}); what it shows may be out of date.`;
+    stale.hidden = false;
+  }
+}
+
 /** Goes to a console URL without reloading. */
 export function navigate(url, { replace = false } = {}) {
   if (replace) history.replaceState(null, "", url);
@@ -86,29 +108,44 @@ export function navigate(url, { replace = false } = {}) {
   render();
 }
 
+let feedRetry = null;
+
 function openFeed() {
   closeFeed();
   const live = $("live");
+  let dropped = false;
   feed = new EventSource("/v1/deliveries/changes");
   feed.addEventListener("ready", () => {
     live.textContent = "Live";
     live.className = "live live-on";
+    // Whatever changed while the feed was down.
+    if (dropped) refreshView();
+    dropped = false;
   });
-  feed.addEventListener("changed", () => {
-    if (current && current.refresh) current.refresh();
-  });
+  feed.addEventListener("changed", () => refreshView());
   feed.addEventListener("error", () => {
+    dropped = true;
     live.textContent = "Reconnecting…";
     live.className = "live live-off";
+    if (feed && feed.readyState === EventSource.CLOSED) {
+      // EventSource gives up on a non-200 answer (an expired session, a proxy's 502):
+      // find out which, then sign in again or retry.
+      closeFeed();
+      api("GET", "/v1/sessions/current").then(
+        () => (feedRetry = setTimeout(openFeed, 3000)),
+        (e) => (e.status === 401 ? showSignIn() : (feedRetry = setTimeout(openFeed, 3000))),
+      );
+    }
   });
 }
 
 function closeFeed() {
+  clearTimeout(feedRetry);
   if (feed) feed.close();
   feed = null;
 }
 
-async function start() {
+async function start({ focus = false } = {}) {
   let session;
   try {
     session = await api("GET", "/v1/sessions/current");
@@ -124,7 +161,7 @@ async function start() {
   $("session").hidden = false;
   $("view").hidden = false;
   openFeed();
-  await render({ focus: false });
+  await render({ focus });
 }
 
 $("sign-in-form").addEventListener("submit", async (event) => {
@@ -136,7 +173,8 @@ $("sign-in-form").addEventListener("submit", async (event) => {
   try {
     await api("POST", "/v1/sessions", { key: $("key").value });
     $("key").value = "";
-    await start();
+    $("key").removeAttribute("aria-invalid");
+    await start({ focus: true });
   } catch (e) {
     error.textContent =
       e.status === 429
@@ -147,6 +185,7 @@ $("sign-in-form").addEventListener("submit", async (event) => {
             ? "That key is not an admin key. The console needs an admin key."
             : e.message;
     error.hidden = false;
+    $("key").setAttribute("aria-invalid", "true");
     $("key").focus();
   } finally {
     button.disabled = false;
@@ -169,6 +208,9 @@ document.addEventListener("click", (event) => {
   if (event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
   const url = new URL(link.href, location.href);
   if (url.origin !== location.origin || !url.pathname.startsWith("/admin")) return;
+  // In-page links (skip to content) and anything while signed out behave natively.
+  if (url.hash && url.pathname === location.pathname && url.search === location.search) return;
+  if ($("nav").hidden) return;
   if (link.hasAttribute("download") || link.target) return;
   event.preventDefault();
   navigate(url.pathname + url.search);

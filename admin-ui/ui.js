@@ -191,3 +191,20 @@ export function confirmDialog(title, body, confirmLabel) {
 export function shortUrl(url) {
   return (url || "").replace(/^https?:\/\//, "");
 }
+
+/** Wraps a loader: `fetch()` gets data, `apply(data)` draws it. Only the newest call's
+ * answer is drawn (live refreshes can overlap), and not at all if it equals what is on
+ * screen, so focus and open sections are left alone when nothing changed. */
+export function newestWins(fetch, apply) {
+  let seq = 0;
+  let shown = null;
+  return async () => {
+    const n = ++seq;
+    const data = await fetch();
+    if (n !== seq) return;
+    const signature = JSON.stringify(data);
+    if (signature === shown) return;
+    shown = signature;
+    apply(data);
+  };
+}

@@ -3,7 +3,7 @@
 // the URL. Updates live, and replays the whole filter after showing how many match.
 
 import { api, query } from "/admin/api.js";
-import { h, replace, badge, time, empty, failure, loading, shortUrl, toLocalInput, fromLocalInput, confirmDialog } from "/admin/ui.js";
+import { h, replace, badge, time, empty, failure, loading, shortUrl, toLocalInput, fromLocalInput, confirmDialog, newestWins } from "/admin/ui.js";
 import { replayProgress } from "/admin/views/replay.js";
 
 const FILTERS = ["status", "endpoint_id", "event_type", "stream", "status_code", "since", "until", "replay_id"];
@@ -63,8 +63,9 @@ export async function render(root, { navigate, query: params }) {
     id: "bulk-replay",
     text: "Replay matching deliveries…",
     disabled: !hasFilter,
-    title: hasFilter ? null : "Choose at least one filter first",
+    "aria-describedby": "bulk-hint",
   });
+  const bulkHint = h("span", { id: "bulk-hint", class: "muted", text: hasFilter ? "" : "Choose at least one filter to replay." });
   let progress = null;
 
   bulkButton.addEventListener("click", async () => {
@@ -94,7 +95,7 @@ export async function render(root, { navigate, query: params }) {
 
   replace(
     root,
-    h("div", { class: "title-row" }, h("h1", { text: "Deliveries" }), bulkButton),
+    h("div", { class: "title-row" }, h("h1", { text: "Deliveries" }), h("div", { class: "row wrap" }, bulkHint, bulkButton)),
     form,
     h("p", { class: "muted", id: "filter-summary", text: hasFilter ? `Showing: ${describe(filter, urlOf)}` : "Showing every delivery, newest first." }),
     bulkArea,
@@ -102,10 +103,14 @@ export async function render(root, { navigate, query: params }) {
     tableArea,
   );
 
-  let lastPage = null;
-  async function load() {
-    const page = await api("GET", `/v1/deliveries${query({ ...filter, cursor, limit: LIMIT })}`);
-    lastPage = page;
+  const load = newestWins(
+    () => api("GET", `/v1/deliveries${query({ ...filter, cursor, limit: LIMIT })}`),
+    draw,
+  );
+  function draw(page) {
+    // Keep keyboard focus on the same delivery across a live refresh.
+    const focusedRow = document.activeElement && document.activeElement.closest && document.activeElement.closest("#deliveries-table tr[data-id]");
+    const focusedId = focusedRow ? focusedRow.dataset.id : null;
     if (page.deliveries.length === 0) {
       replace(tableArea, empty(cursor ? "No older deliveries." : hasFilter ? "No deliveries match these filters." : "No deliveries yet. They appear here as soon as an event is sent to an endpoint."));
     } else {
@@ -115,29 +120,40 @@ export async function render(root, { navigate, query: params }) {
       cursor ? h("a", { href: `/admin/deliveries${query(filter)}`, text: "← Newest" }) : null,
       page.next_cursor ? h("a", { href: `/admin/deliveries${query({ ...filter, cursor: page.next_cursor })}`, rel: "next", text: "Older →" }) : null);
     tableArea.append(pager);
+    if (focusedId) {
+      const link = tableArea.querySelector(`tr[data-id="${focusedId}"] a`);
+      if (link) link.focus();
+    }
   }
 
-  try {
-    await load();
-  } catch (error) {
-    replace(tableArea, failure(error, () => load().catch((e) => replace(tableArea, failure(e)))));
+  async function first() {
+    try {
+      await load();
+    } catch (error) {
+      replace(tableArea, failure(error, () => {
+        replace(tableArea, loading("Loading deliveries…"));
+        first();
+      }));
+    }
   }
+  await first();
 
   return {
     refresh() {
       if (progress) progress.refresh();
       if (cursor) {
-        // An older page stays as it is; say that there is news at the top.
-        notice.hidden = false;
-        replace(notice, "New delivery activity. ", h("a", { href: `/admin/deliveries${query(filter)}`, text: "Show the newest" }));
-        return;
+        // An older page stays as it is; say (once) that there is news at the top.
+        if (notice.hidden) {
+          notice.hidden = false;
+          replace(notice, "New delivery activity. ", h("a", { href: `/admin/deliveries${query(filter)}`, text: "Show the newest" }));
+        }
+        return Promise.resolve();
       }
-      load().catch(() => {});
+      return load();
     },
     dispose() {
       if (progress) progress.dispose();
     },
-    page: () => lastPage,
   };
 }
 

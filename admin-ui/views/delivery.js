@@ -3,7 +3,7 @@
 // sends it again; the new attempt appears without a reload.
 
 import { api, query } from "/admin/api.js";
-import { h, replace, badge, time, prettyJson, headerTable, shortUrl } from "/admin/ui.js";
+import { h, replace, badge, time, prettyJson, headerTable, shortUrl, newestWins } from "/admin/ui.js";
 
 export async function render(root, { params }) {
   const id = params[0];
@@ -36,7 +36,7 @@ export async function render(root, { params }) {
       message.hidden = false;
       message.className = "notice";
       message.textContent = "Replay requested: the new attempt appears below when it is made.";
-      await load();
+      load().catch(() => {}); // the live feed brings it too
     } catch (error) {
       message.hidden = false;
       message.className = "error";
@@ -89,12 +89,16 @@ export async function render(root, { params }) {
         delivery.replay_id ? [h("dt", { text: "Bulk replay" }), h("dd", {}, h("a", { href: `/admin/deliveries${query({ replay_id: delivery.replay_id })}`, text: "Deliveries of that replay" }))] : null),
     );
     const attempts = [...delivery.attempts].reverse();
+    // Attempts the reader opened stay open across a refresh; at first, the newest is open.
+    const opened = [...attemptsArea.querySelectorAll("details[data-id]")];
+    const open = opened.length ? new Set(opened.filter((d) => d.open).map((d) => d.dataset.id)) : null;
+    const knew = new Set(opened.map((d) => d.dataset.id));
     replace(
       attemptsArea,
       h("h2", { id: "attempts-title", text: `Attempts (${attempts.length})` }),
       attempts.length === 0
         ? h("p", { class: "state state-empty", text: delivery.status === "pending" ? "No attempt yet: the first is due now." : "No attempts." })
-        : h("ol", { class: "attempts plain", id: "attempts", reversed: true }, attempts.map((a, i) => attemptItem(a, attempts.length - i, i === 0))),
+        : h("ol", { class: "attempts plain", id: "attempts", reversed: true }, attempts.map((a, i) => attemptItem(a, attempts.length - i, open ? open.has(a.id) || (i === 0 && !knew.has(a.id)) : i === 0))),
     );
   }
 
@@ -107,7 +111,7 @@ export async function render(root, { params }) {
       { class: "attempt", "data-status": a.response_status === null ? "" : String(a.response_status), "data-trigger": a.trigger },
       h(
         "details",
-        { open },
+        { open, "data-id": a.id },
         h("summary", {},
           h("span", { class: "attempt-number", text: `#${number}` }), " ",
           time(a.started_at), " ",
@@ -124,19 +128,11 @@ export async function render(root, { params }) {
     );
   }
 
-  async function load() {
-    delivery = await api("GET", `/v1/deliveries/${id}`);
+  const load = newestWins(() => api("GET", `/v1/deliveries/${id}`), (fresh) => {
+    delivery = fresh;
     draw();
-  }
+  });
   draw();
 
-  return {
-    refresh: () =>
-      load().catch((error) => {
-        message.hidden = false;
-        message.className = "error";
-        message.textContent = `Could not refresh: ${error.message}`;
-      }),
-  };
+  return { refresh: load };
 }
-

@@ -2,7 +2,7 @@
 // with a copy button), send a test event, recover its events since a time, delete.
 
 import { api, query } from "/admin/api.js";
-import { h, replace, badge, time, shortUrl, copyable, confirmDialog, fromLocalInput, toLocalInput } from "/admin/ui.js";
+import { h, replace, badge, time, shortUrl, copyable, confirmDialog, fromLocalInput, toLocalInput, newestWins } from "/admin/ui.js";
 import { endpointForm } from "/admin/views/endpoint_form.js";
 import { replayProgress } from "/admin/views/replay.js";
 
@@ -21,13 +21,17 @@ export async function render(root, { params, navigate }) {
     try {
       endpoint = await api("PATCH", `/v1/endpoints/${id}`, { enabled: enable });
       say(enable ? "Endpoint enabled." : "Endpoint disabled.");
-      await loadHealth();
+      drawHealth([endpoint, null]);
+      loadHealth().catch(() => {});
     } catch (error) {
       say(`Could not change it: ${error.message}`, "error");
     }
   });
 
-  const testButton = h("button", { type: "button", id: "send-test", text: "Send test event" });
+  const title = h("h1", { class: "mono break" });
+  const subtitle = h("p", { class: "muted subtitle" });
+  const testButton = h("button", { type: "button", id: "send-test", text: "Send test event", "aria-describedby": "test-hint" });
+  const testHint = h("span", { id: "test-hint", class: "muted" });
   testButton.addEventListener("click", async () => {
     testButton.disabled = true;
     try {
@@ -100,15 +104,16 @@ export async function render(root, { params, navigate }) {
   const form = endpointForm(endpoint, "Save changes", async (body) => {
     endpoint = await api("PATCH", `/v1/endpoints/${id}`, body);
     say("Saved.");
-    await loadHealth();
+    drawHealth([endpoint, null]);
+    loadHealth().catch(() => {});
   });
 
   replace(
     root,
     h("p", { class: "crumbs" }, h("a", { href: "/admin/endpoints", text: "Endpoints" }), " / ", h("span", { class: "mono", text: id.slice(0, 8) })),
-    h("h1", { class: "mono break", text: shortUrl(endpoint.url) }),
-    endpoint.description ? h("p", { class: "muted subtitle", text: endpoint.description }) : null,
-    h("div", { class: "row wrap toolbar", role: "group", "aria-label": "Endpoint actions" }, toggle, testButton, rotateButton,
+    title,
+    subtitle,
+    h("div", { class: "row wrap toolbar", role: "group", "aria-label": "Endpoint actions" }, toggle, testButton, testHint, rotateButton,
       h("a", { class: "button", href: `/admin/deliveries${query({ endpoint_id: id })}`, text: "Its deliveries" }), deleteButton),
     result,
     summary,
@@ -119,13 +124,23 @@ export async function render(root, { params, navigate }) {
     h("section", { class: "card", "aria-labelledby": "edit-title" }, h("h2", { id: "edit-title", text: "Settings" }), form),
   );
 
-  async function loadHealth() {
-    const overview = await api("GET", "/v1/overview");
-    const hl = overview.endpoints.find((e) => e.id === id) || {};
+  // The endpoint itself is re-read too: a worker may have disabled it meanwhile.
+  const loadHealth = newestWins(
+    () => Promise.all([api("GET", `/v1/endpoints/${id}`), api("GET", "/v1/overview")]),
+    drawHealth,
+  );
+  let lastHealth = {};
+  function drawHealth([fresh, overview]) {
+    endpoint = fresh;
+    if (overview) lastHealth = overview.endpoints.find((e) => e.id === id) || {};
+    const hl = lastHealth;
+    title.textContent = shortUrl(endpoint.url);
+    subtitle.textContent = endpoint.description;
+    subtitle.hidden = !endpoint.description;
     toggle.textContent = endpoint.enabled ? "Disable…" : "Enable";
     toggle.className = endpoint.enabled ? "" : "primary";
     testButton.disabled = !endpoint.enabled;
-    testButton.title = endpoint.enabled ? "" : "Enable the endpoint first";
+    testHint.textContent = endpoint.enabled ? "" : "Enable the endpoint to send it a test event.";
     const rate = hl.success_rate_24h === null || hl.success_rate_24h === undefined ? "—" : `${(hl.success_rate_24h * 100).toFixed(1)} %`;
     replace(
       summary,
@@ -146,7 +161,7 @@ export async function render(root, { params, navigate }) {
   return {
     refresh() {
       if (progress) progress.refresh();
-      loadHealth().catch(() => {});
+      return loadHealth();
     },
     dispose() {
       if (progress) progress.dispose();

@@ -17,7 +17,7 @@ export function endpointForm(endpoint, submitLabel, onSubmit) {
       h("label", { for: `${prefix}-${name}`, text: label }),
       control,
       help ? h("p", { class: "muted help", id: `${prefix}-${name}-help`, text: help }) : null);
-  const error = h("p", { class: "error", role: "alert", hidden: true });
+  const error = h("p", { class: "error", id: `${prefix}-endpoint-error`, role: "alert", hidden: true });
   const form = h(
     "form",
     { class: "stack endpoint-form", id: `${prefix}-endpoint-form`, novalidate: true },
@@ -37,7 +37,10 @@ export function endpointForm(endpoint, submitLabel, onSubmit) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     error.hidden = true;
-    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+    for (const el of form.querySelectorAll("[aria-invalid]")) {
+      el.removeAttribute("aria-invalid");
+      el.removeAttribute("aria-errormessage");
+    }
     const data = new FormData(form);
     const body = {
       url: data.get("url").trim(),
@@ -58,6 +61,7 @@ export function endpointForm(endpoint, submitLabel, onSubmit) {
       const bad = e.problem && e.problem.field && form.querySelector(`[name="${e.problem.field.split(/[.[]/)[0]}"]`);
       if (bad) {
         bad.setAttribute("aria-invalid", "true");
+        bad.setAttribute("aria-errormessage", error.id);
         bad.focus();
       }
     } finally {

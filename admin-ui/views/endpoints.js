@@ -2,7 +2,7 @@
 // enabled or disabled), and a form to add one (its signing secret is shown once).
 
 import { api, query } from "/admin/api.js";
-import { h, replace, badge, empty, failure, loading, shortUrl, copyable } from "/admin/ui.js";
+import { h, replace, badge, empty, failure, loading, shortUrl, copyable, newestWins } from "/admin/ui.js";
 import { endpointForm } from "/admin/views/endpoint_form.js";
 
 export async function render(root) {
@@ -20,7 +20,7 @@ export async function render(root) {
         copyable("Signing secret", endpoint.secret)),
     );
     created.querySelector("input").focus();
-    await load();
+    load().catch(() => {}); // created either way; the live feed refreshes the list too
   });
   replace(
     root,
@@ -30,8 +30,11 @@ export async function render(root) {
     h("section", { class: "card", "aria-labelledby": "new-title" }, h("h2", { id: "new-title", text: "New endpoint" }), form),
   );
 
-  async function load() {
-    const [list, overview] = await Promise.all([api("GET", "/v1/endpoints"), api("GET", "/v1/overview")]);
+  const load = newestWins(
+    () => Promise.all([api("GET", "/v1/endpoints"), api("GET", "/v1/overview")]),
+    draw,
+  );
+  function draw([list, overview]) {
     const health = new Map(overview.endpoints.map((e) => [e.id, e]));
     if (list.endpoints.length === 0) {
       replace(listArea, empty("No endpoints yet. Add one below to start receiving webhooks."));
@@ -59,10 +62,16 @@ export async function render(root) {
     );
   }
 
-  try {
-    await load();
-  } catch (error) {
-    replace(listArea, failure(error, () => load().catch((e) => replace(listArea, failure(e)))));
+  async function first() {
+    try {
+      await load();
+    } catch (error) {
+      replace(listArea, failure(error, () => {
+        replace(listArea, loading("Loading endpoints…"));
+        first();
+      }));
+    }
   }
-  return { refresh: () => load().catch(() => {}) };
+  await first();
+  return { refresh: load };
 }

@@ -2,16 +2,16 @@
 // and the endpoints that are failing or disabled, each linking into the filtered lists.
 
 import { api, query } from "/admin/api.js";
-import { h, replace, badge, duration, time, empty, failure, shortUrl } from "/admin/ui.js";
+import { h, replace, badge, duration, time, empty, failure, loading, shortUrl, newestWins } from "/admin/ui.js";
 
 const STATUSES = ["pending", "delivering", "succeeded", "failed"];
 
 export async function render(root) {
-  const body = h("div", { class: "stack" });
+  const body = h("div", { class: "stack" }, loading("Loading the overview…"));
   replace(root, h("h1", { text: "Overview" }), body);
 
-  async function load() {
-    const data = await api("GET", "/v1/overview");
+  const load = newestWins(() => api("GET", "/v1/overview"), draw);
+  function draw(data) {
     const since = (hours) => new Date(Date.now() - hours * 3600 * 1000).toISOString();
     const countsTable = h(
       "div",
@@ -92,12 +92,16 @@ export async function render(root) {
     replace(body, h("section", { class: "card", "aria-label": "Deliveries by status" }, countsTable), h("div", { class: "grid" }, backlogCard, endpointsCard));
   }
 
-  try {
-    await load();
-  } catch (error) {
-    replace(body, failure(error, () => load().catch((e) => replace(body, failure(e)))));
+  async function first() {
+    try {
+      await load();
+    } catch (error) {
+      replace(body, failure(error, () => {
+        replace(body, loading("Loading the overview…"));
+        first();
+      }));
+    }
   }
-  return {
-    refresh: () => load().catch(() => {}),
-  };
+  await first();
+  return { refresh: load };
 }

@@ -18,16 +18,23 @@ export function replayProgress(replayId) {
   );
   let timer = null;
   let finished = false;
+  let asked = 0;
+  let drawn = 0;
 
   async function refresh() {
     if (finished) return;
+    const n = ++asked;
     let replay;
     try {
       replay = await api("GET", `/v1/replays/${replayId}`);
     } catch (error) {
       text.textContent = `Could not read the progress: ${error.message}`;
+      if (error.status === 404) stop();
       return;
     }
+    // The poll and live refreshes overlap: never draw an older answer over a newer one.
+    if (finished || n < drawn) return;
+    drawn = n;
     const attempted = replay.succeeded + replay.failed;
     bar.max = Math.max(replay.total, 1);
     bar.value = replay.done ? bar.max : attempted;
@@ -35,14 +42,18 @@ export function replayProgress(replayId) {
       ? `Done: ${replay.total} replayed, ${replay.succeeded} succeeded, ${replay.failed} failed.`
       : `${attempted} of ${replay.total} attempted: ${replay.succeeded} succeeded, ${replay.failed} failed, ${replay.pending + replay.delivering} to go.`;
     if (replay.done) {
-      finished = true;
+      stop();
       panel.dataset.done = "true";
       replace(panel.querySelector("h2"), "Replay finished");
-      clearInterval(timer);
     }
+  }
+
+  function stop() {
+    finished = true;
+    clearInterval(timer);
   }
 
   timer = setInterval(refresh, 1000);
   refresh();
-  return { element: panel, refresh, dispose: () => clearInterval(timer) };
+  return { element: panel, refresh, dispose: stop };
 }

@@ -994,3 +994,33 @@ async fn the_changes_feed_announces_new_and_attempted_deliveries() {
         .unwrap();
     assert_problem(refused, 403, "forbidden").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_changes_feed_hears_about_attempts_recorded_by_another_instance() {
+    // A sends; B has no webhook worker, so everything B's feed reports comes from A.
+    let a = webhook_app("").await;
+    let mut settings = crate::helpers::test_settings();
+    fast(&mut settings, "");
+    settings.delivery_concurrency = 0;
+    let b = crate::helpers::spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await;
+    b.wait_for_metric("herald_listener_connects_total", 1).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(600)));
+    create_endpoint(&a, json!({"url": receiver.url})).await;
+    let response = b
+        .request(Method::GET, "/v1/deliveries/changes", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = response.bytes_stream();
+    let mut buffer = String::new();
+    next_sse_event(&mut stream, &mut buffer, "ready").await;
+
+    a.publish("orders", "order.created", json!(1)).await;
+    // Created on A (its "due" NOTIFY), then attempted on A (its "changed" NOTIFY).
+    next_sse_event(&mut stream, &mut buffer, "changed").await;
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    next_sse_event(&mut stream, &mut buffer, "changed").await;
+    let delivery: Value = b.get("/v1/deliveries").await.json().await.unwrap();
+    assert_eq!(delivery["deliveries"][0]["status"], "succeeded");
+}
