@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use fantoccini::actions::InputSource as _;
 use herald::domain::destination::DestinationGuard;
 use herald::domain::retry::RetrySchedule;
 use serde_json::{Value, json};
@@ -237,6 +238,37 @@ async fn an_operator_finds_a_failed_delivery_sees_why_and_replays_it() {
         browser.find("#f-type").await.prop("value").await.unwrap(),
         Some("order.created".into())
     );
+
+    // Keyboard only: Tab from the page title to a delivery, Enter opens it.
+    browser.click("#nav a[href='/admin/deliveries']").await;
+    browser.find("#deliveries-table").await;
+    browser
+        .js("document.querySelector('h1').focus(); return null;", vec![])
+        .await;
+    let mut reached = false;
+    // (The date fields take a Tab per part: day, month, year, time.)
+    for _ in 0..80 {
+        let active = browser.client.active_element().await.unwrap();
+        if active
+            .attr("href")
+            .await
+            .unwrap()
+            .is_some_and(|href| href.starts_with("/admin/deliveries/"))
+        {
+            active.send_keys("\u{E007}").await.unwrap();
+            reached = true;
+            break;
+        }
+        // Tab to whatever has focus (an Actions key press, as a person would type it).
+        let tab = fantoccini::actions::KeyActions::new("keyboard".into())
+            .then(fantoccini::actions::KeyAction::Down { value: '\u{E004}' })
+            .then(fantoccini::actions::KeyAction::Up { value: '\u{E004}' });
+        browser.client.perform_actions(tab).await.unwrap();
+    }
+    assert!(reached, "a delivery link is reachable with Tab");
+    browser.find("#attempts").await;
+    browser.client.back().await.unwrap();
+    browser.find("#deliveries-table").await;
 
     // The overview shows what is failing.
     browser.click("#nav a[href='/admin/']").await;
