@@ -53,7 +53,7 @@ export async function render(root, { params }) {
     event
       ? [
           h("dl", { class: "facts" },
-            h("dt", { text: "Event id" }), h("dd", { class: "mono", text: event.id }),
+            h("dt", { text: "Event id (webhook-id)" }), h("dd", { class: "mono", text: event.id }),
             h("dt", { text: "Stream" }), h("dd", { class: "mono", text: `${event.stream} #${event.seq}` }),
             h("dt", { text: "Created" }), h("dd", {}, time(event.created_at))),
           h("h3", { text: "Payload" }),
@@ -85,7 +85,7 @@ export async function render(root, { params }) {
         h("dt", { text: "Next attempt" }), h("dd", {}, delivery.status === "pending" ? time(delivery.next_attempt_at) : "—"),
         h("dt", { text: "Last result" }), h("dd", { class: "mono", text: delivery.last_status_code ? `${delivery.last_status_code}${delivery.last_error ? ` · ${delivery.last_error}` : ""}` : delivery.last_error || "—" }),
         h("dt", { text: "Created" }), h("dd", {}, time(delivery.created_at)),
-        h("dt", { text: "Webhook id" }), h("dd", { class: "mono", text: delivery.id }),
+        h("dt", { text: "Delivery id" }), h("dd", { class: "mono", text: delivery.id }),
         delivery.replay_id ? [h("dt", { text: "Bulk replay" }), h("dd", {}, h("a", { href: `/admin/deliveries${query({ replay_id: delivery.replay_id })}`, text: "Deliveries of that replay" }))] : null),
     );
     const attempts = [...delivery.attempts].reverse();

@@ -178,6 +178,13 @@ async fn an_operator_finds_a_failed_delivery_sees_why_and_replays_it() {
     assert!(replayed.contains("HTTP 200"), "{replayed}");
     assert!(replayed.contains("replay by"), "{replayed}");
     browser.screenshot("delivery-replayed").await;
+    browser
+        .js(
+            "document.getElementById('attempts-title').scrollIntoView(); return null;",
+            vec![],
+        )
+        .await;
+    browser.screenshot("delivery-attempts").await;
 
     // Bulk replay from a filter: failed order.created, which is now exactly one.
     browser.click("#nav a[href='/admin/deliveries']").await;
