@@ -1,6 +1,6 @@
 # Herald: a two-stage build. The runtime image has no PostgreSQL: set DATABASE_URL
 # (docker-compose.yml runs a PostgreSQL beside it).
-FROM rust:1.88-bookworm AS build
+FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -17,6 +17,8 @@ COPY --from=build /src/target/release/herald /usr/local/bin/herald
 USER herald
 ENV HERALD_LISTEN=0.0.0.0:8080
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080"]
+# Ready = /readyz answers 200 (bash's /dev/tcp: the image needs no HTTP client).
+HEALTHCHECK --interval=10s --timeout=3s \
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["herald"]
 CMD ["serve"]
