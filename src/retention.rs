@@ -9,7 +9,6 @@
 //! are gone, and readers holding an older cursor get `410` with the cursor to resume from.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
@@ -77,9 +76,7 @@ pub async fn purge_once(
     loop {
         let deleted = purge_events_batch(pool, cutoff).await?;
         events += deleted as u64;
-        metrics
-            .events_purged
-            .fetch_add(deleted as u64, Ordering::Relaxed);
+        metrics.events_purged.increment(deleted as u64);
         if (deleted as i64) < BATCH {
             break;
         }

@@ -118,6 +118,7 @@ impl Application {
                 metrics.clone(),
                 background_stop.clone(),
             )),
+            tokio::spawn(metrics.clone().run_upkeep(background_stop.clone())),
             tokio::spawn(listener::run_fallback_check(
                 pool.clone(),
                 hub.clone(),

@@ -1,8 +1,17 @@
-//! `GET /metrics`: Prometheus text exposition.
+//! `GET /metrics`: Prometheus text exposition (see `crate::metrics`).
+
+use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
+use chrono::Utc;
 
+use crate::db::models::overview;
+use crate::metrics::Gauges;
 use crate::startup::AppState;
+
+/// A scrape never waits longer than this for the queue figures; past it, they keep their
+/// last value and the rest is answered at once.
+const QUEUE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Registers the route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -10,11 +19,30 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
+    let queue = tokio::time::timeout(QUEUE_QUERY_TIMEOUT, async {
+        let mut conn = state.pool.get().await.ok()?;
+        overview::backlog(&mut conn).await.ok()
+    })
+    .await
+    .ok()
+    .flatten();
+    let status = state.pool.status();
+    let gauges = Gauges {
+        waiters: state.hub.waiters(),
+        watched_streams: state.hub.watched_streams(),
+        due: queue.as_ref().map(|q| q.due),
+        oldest_due_age_seconds: queue.as_ref().and_then(|q| {
+            q.oldest_due_at
+                .map(|at| (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0)
+        }),
+        pool: (
+            status.size,
+            status.available,
+            status.waiting,
+            status.max_size,
+        ),
+    };
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(
-            state
-                .metrics
-                .render(state.hub.waiters(), state.hub.watched_streams()),
-        )
+        .body(state.metrics.render(gauges))
 }

@@ -88,6 +88,7 @@ pub(super) async fn stream_sse(
         ),
         started: false,
     };
+    sse.state.metrics.sse_opened();
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -111,6 +112,12 @@ struct Sse {
     shutdown: CancellationToken,
     closed: Pin<Box<dyn Future<Output = ()>>>,
     started: bool,
+}
+
+impl Drop for Sse {
+    fn drop(&mut self) {
+        self.state.metrics.sse_closed();
+    }
 }
 
 impl Sse {

@@ -344,8 +344,14 @@ impl Held {
                             }
                         },
                     };
-                    if !events.is_empty() {
+                    if let Some(newest) = events.last() {
                         inc(&metrics.longpolls_answered);
+                        metrics.publish_to_answer.record(
+                            (chrono::Utc::now() - newest.created_at)
+                                .num_microseconds()
+                                .unwrap_or(i64::MAX) as f64
+                                / 1e6,
+                        );
                         break events;
                     }
                 }

@@ -371,7 +371,19 @@ impl Worker {
     fn build_record(&self, claimed: Claimed, token: Uuid, sent: Sent) -> Record {
         let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
         let draw = rand::rng().random_range(-1.0..=1.0);
-        let next_state = next(&sent.answer, attempts, &self.schedule, Utc::now(), draw);
+        let now = Utc::now();
+        let next_state = next(&sent.answer, attempts, &self.schedule, now, draw);
+        self.metrics
+            .attempt_duration
+            .record(sent.duration.as_secs_f64());
+        if matches!(next_state, Next::Succeeded) && !claimed.replay_requested {
+            self.metrics.publish_to_delivery.record(
+                (now - claimed.event_created_at)
+                    .num_microseconds()
+                    .unwrap_or(i64::MAX) as f64
+                    / 1e6,
+            );
+        }
         let (status_code, error) = match &sent.answer {
             Answer::Status { code, .. } => (
                 Some(i32::from(*code)),

@@ -40,6 +40,8 @@ pub struct EventJson {
     pub event_type: String,
     /// The event as the API shows it.
     pub json: String,
+    /// When it was committed.
+    pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl EventJson {
@@ -47,11 +49,13 @@ impl EventJson {
     pub fn new(event: Event) -> Self {
         let seq = event.seq;
         let event_type = event.event_type.clone();
+        let created_at = event.created_at;
         let json = serde_json::to_string(&EventDto::from(event)).unwrap_or_default();
         Self {
             seq,
             event_type,
             json,
+            created_at,
         }
     }
 }

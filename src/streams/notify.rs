@@ -130,9 +130,7 @@ impl Notifier {
             let seq = latest.entry(event.stream.as_str()).or_default();
             *seq = (*seq).max(event.seq);
         }
-        self.metrics
-            .events_ingested
-            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.events_ingested.increment(events.len() as u64);
         for (stream, seq) in &latest {
             self.hub.hint(stream, Some(*seq));
         }

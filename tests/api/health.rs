@@ -157,3 +157,91 @@ async fn the_console_is_served_from_the_binary_with_types_and_cache_headers() {
     assert_eq!(bare.status(), 308);
     assert_eq!(bare.headers()["location"], "/admin/");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_held_requests_webhooks_latency_backlog_and_the_pool() {
+    use crate::receiver::{Receiver, Reply};
+    let app = spawn_app_with(|s| {
+        s.destinations =
+            herald::domain::destination::DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(200));
+    let created = app
+        .post(
+            "/v1/endpoints",
+            &json!({"url": receiver.url, "streams": ["orders"]}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+
+    // One held long-poll (answered by the publish) and one SSE stream.
+    let poll = {
+        let client = app.client.clone();
+        let url = format!("{}/v1/streams/orders/events?after=0&wait=20", app.address);
+        tokio::spawn(async move {
+            client
+                .get(url)
+                .bearer_auth(crate::helpers::ADMIN_KEY)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    let sse = app
+        .request(
+            reqwest::Method::GET,
+            "/v1/streams/news/sse",
+            crate::helpers::ADMIN_KEY,
+        )
+        .send()
+        .await
+        .unwrap();
+    app.wait_for_metric("herald_waiters", 2).await;
+    assert_eq!(app.metric("herald_sse_streams").await, 1);
+    assert_eq!(app.metric("herald_held_longpolls").await, 1);
+
+    app.publish("orders", "order.created", json!(1)).await;
+    poll.await.unwrap();
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    app.wait_for_metric("herald_webhook_outcomes_total{outcome=\"succeeded\"}", 1)
+        .await;
+    assert_eq!(app.metric("herald_events_ingested_total").await, 1);
+    assert_eq!(
+        app.metric("herald_webhook_attempt_duration_seconds_count")
+            .await,
+        1
+    );
+    assert_eq!(
+        app.metric("herald_publish_to_delivery_seconds_count").await,
+        1
+    );
+    assert_eq!(
+        app.metric("herald_publish_to_answer_seconds_count").await,
+        1
+    );
+    assert_eq!(app.metric("herald_deliveries_due").await, 0);
+    assert_eq!(
+        app.metric("herald_oldest_due_delivery_age_seconds").await,
+        0
+    );
+    assert_eq!(
+        app.metric("herald_db_pool_connections{state=\"max\"}")
+            .await,
+        8
+    );
+    assert!(app.metric("herald_listener_connects_total").await >= 1);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        text.contains("# TYPE herald_webhook_attempt_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.contains("herald_publish_to_delivery_seconds_bucket{le=\"0.1\"}"));
+
+    drop(sse);
+    app.wait_for_metric("herald_sse_streams", 0).await;
+}

@@ -302,7 +302,10 @@ impl TestApp {
     pub async fn metric(&self, name: &str) -> u64 {
         let text = self.get("/metrics").await.text().await.unwrap();
         text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .find_map(|line| {
+                let value: f64 = line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()?;
+                Some(value as u64)
+            })
             .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
     }
 
