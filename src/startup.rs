@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
-use actix_web::{App, HttpServer, ResponseError as _, middleware, web};
+use actix_web::{App, HttpMessage as _, HttpServer, ResponseError as _, middleware, web};
 use diesel_async::AsyncConnection as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -161,18 +161,14 @@ impl Application {
             sign_ins: crate::api::sessions::SignInLimiter::default(),
         });
         let app_state = state.clone();
-        // Access lines cost about 1.4 KiB per in-flight request; skip the middleware when
-        // the log filter would drop them anyway.
-        let access_log =
-            tracing::enabled!(target: "actix_web::middleware::logger", tracing::Level::INFO);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
                 .wrap(middleware::from_fn(refuse_while_stopping))
-                .wrap(middleware::Condition::new(
-                    access_log,
-                    middleware::Logger::new("%a \"%r\" %s %b %Dms"),
-                ))
+                .wrap(middleware::from_fn(send_request_id))
+                .wrap(tracing_actix_web::TracingLogger::<
+                    crate::telemetry::RequestSpan,
+                >::new())
                 .configure(crate::api::routes)
         })
         .on_connect(disconnect::on_connect)
@@ -275,6 +271,26 @@ async fn stop_signal(token: &CancellationToken) {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
+}
+
+/// Answers with the request's id in `X-Request-Id` (the one its log lines carry).
+async fn send_request_id(
+    req: ServiceRequest,
+    next: middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let mut response = next.call(req).await?;
+    let id = response
+        .request()
+        .extensions()
+        .get::<crate::telemetry::RequestIdValue>()
+        .and_then(|id| actix_web::http::header::HeaderValue::from_str(&id.0).ok());
+    if let Some(id) = id {
+        response.headers_mut().insert(
+            actix_web::http::header::HeaderName::from_static(crate::telemetry::REQUEST_ID_HEADER),
+            id,
+        );
+    }
+    Ok(response)
 }
 
 /// While shutting down, every request but `/healthz` is answered `503` with

@@ -257,6 +257,7 @@ async fn get_delivery(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = super::parse_id("delivery", &path)?;
+    crate::telemetry::record_id("delivery_id", id);
     let mut conn = state.pool.get().await?;
     let found = delivery::find(&mut conn, id)
         .await?
@@ -283,6 +284,7 @@ async fn replay_delivery(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = super::parse_id("delivery", &path)?;
+    crate::telemetry::record_id("delivery_id", id);
     let mut conn = state.pool.get().await?;
     match delivery::request_replay(&mut conn, id, principal.key_id).await? {
         None => Err(ApiError::NotFound(format!("no delivery with id {id}"))),

@@ -247,6 +247,7 @@ async fn create_endpoint(
     apply(&fields, &mut endpoint, &state.settings.destinations)?;
     let mut conn = state.pool.get().await?;
     endpoint::insert(&mut conn, &endpoint).await?;
+    crate::telemetry::record_id("endpoint_id", endpoint.id);
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/v1/endpoints/{}", endpoint.id)))
         .json(EndpointDto::new(endpoint, true)))
@@ -279,6 +280,7 @@ async fn get_endpoint(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
+    crate::telemetry::record_id("endpoint_id", id);
     let mut conn = state.pool.get().await?;
     let found = endpoint::find(&mut conn, id)
         .await?
@@ -295,6 +297,7 @@ async fn update_endpoint(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
+    crate::telemetry::record_id("endpoint_id", id);
     let (body, _) = read_json::<Value>(&req, body, 256 * 1024, "256 KiB").await?;
     let fields = Fields::new(body, &FIELDS[..9])?;
     let mut conn = state.pool.get().await?;
@@ -330,6 +333,7 @@ async fn delete_endpoint(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
+    crate::telemetry::record_id("endpoint_id", id);
     let mut conn = state.pool.get().await?;
     let deleted = conn
         .transaction(async |conn| {
@@ -361,6 +365,7 @@ async fn rotate_endpoint_secret(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
+    crate::telemetry::record_id("endpoint_id", id);
     // The body is optional: `{"grace": "1h"}` shortens or lengthens the overlap.
     let has_body = req
         .headers()
@@ -412,6 +417,7 @@ async fn recover_endpoint(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
+    crate::telemetry::record_id("endpoint_id", id);
     let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
     let fields = Fields::new(body, &["since", "until"])?;
     let since = fields
@@ -472,6 +478,7 @@ async fn send_test_event(
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
+    crate::telemetry::record_id("endpoint_id", id);
     let has_body = req
         .headers()
         .get(actix_web::http::header::CONTENT_LENGTH)
@@ -522,6 +529,8 @@ async fn send_test_event(
         })
         .await?;
     let event_id = event.id;
+    crate::telemetry::record_id("event_id", event_id);
+    crate::telemetry::record_id("delivery_id", delivery_id);
     state.notifier.committed(&event::Stored {
         events: vec![event],
         pending_deliveries: 1,

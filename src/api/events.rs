@@ -208,6 +208,7 @@ async fn create_event(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal("stored event missing".into()))?;
+    crate::telemetry::record_id("event_id", event.id);
     Ok(respond(replayed)
         .insert_header((header::LOCATION, format!("/v1/events/{}", event.id)))
         .json(EventDto::from(event)))
@@ -254,6 +255,7 @@ async fn get_event(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let id = super::parse_id("event", &path)?;
+    crate::telemetry::record_id("event_id", id);
     let not_found = || ApiError::NotFound(format!("no event with id {id}"));
     if principal.role == crate::domain::Role::Publisher {
         return Err(ApiError::Forbidden(

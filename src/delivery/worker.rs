@@ -23,6 +23,7 @@ use chrono::Utc;
 use rand::Rng as _;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::outcome::{Answer, Next, next};
@@ -239,11 +240,22 @@ impl Worker {
                 self.take_token(&claimed);
                 let worker = self.clone();
                 let records = records.clone();
-                tokio::spawn(async move {
-                    worker.attempt(claimed, token, &records).await;
-                    drop(permit);
-                    worker.wake.notify_one();
-                });
+                // Whatever an attempt logs carries what it is about.
+                let span = tracing::info_span!(
+                    "webhook_attempt",
+                    delivery_id = %claimed.id,
+                    endpoint_id = %claimed.endpoint_id,
+                    event_id = %claimed.event_id,
+                    attempt = claimed.attempts,
+                );
+                tokio::spawn(
+                    async move {
+                        worker.attempt(claimed, token, &records).await;
+                        drop(permit);
+                        worker.wake.notify_one();
+                    }
+                    .instrument(span),
+                );
             }
             if !full {
                 return;
@@ -355,6 +367,13 @@ impl Worker {
         let sent = self.sender.send(&claimed).await;
         let endpoint_id = claimed.endpoint_id;
         let record = self.build_record(claimed, token, sent);
+        tracing::debug!(
+            status = record.outcome.status,
+            code = record.attempt.response_status,
+            error = record.attempt.error_class.as_deref(),
+            duration_ms = record.attempt.duration_ms,
+            "webhook attempt finished"
+        );
         if records.send(record).is_err() {
             // The recorder is gone (shutdown): the claim expires and the delivery is retried.
             tracing::warn!("attempt finished after the recorder stopped");

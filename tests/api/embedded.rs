@@ -47,7 +47,7 @@ pub async fn wait_ready(base: &str, child: &mut Child) {
     }
 }
 
-async fn terminate(child: &mut Child) {
+pub async fn terminate(child: &mut Child) {
     let pid = child.id().unwrap().to_string();
     let status = Command::new("kill")
         .args(["-TERM", &pid])

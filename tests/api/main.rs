@@ -18,6 +18,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod keys;
+mod logs;
 mod longpoll;
 mod receiver;
 mod retention;
