@@ -161,15 +161,25 @@ impl Application {
             sign_ins: crate::api::sessions::SignInLimiter::default(),
         });
         let app_state = state.clone();
+        // Generated once from the same route registrations the workers use.
+        let openapi = crate::api::openapi::document();
         let mut server = HttpServer::new(move || {
-            App::new()
+            use utoipa_actix_web::AppExt as _;
+            let (app, _) = App::new()
                 .app_data(app_state.clone())
                 .wrap(middleware::from_fn(refuse_while_stopping))
                 .wrap(middleware::from_fn(send_request_id))
                 .wrap(tracing_actix_web::TracingLogger::<
                     crate::telemetry::RequestSpan,
                 >::new())
+                .into_utoipa_app()
                 .configure(crate::api::routes)
+                .split_for_parts();
+            // `/openapi.json` and the offline Swagger UI at `/docs/`.
+            app.service(
+                utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}")
+                    .url("/openapi.json", openapi.clone()),
+            )
         })
         .on_connect(disconnect::on_connect)
         .disable_signals()

@@ -6,6 +6,7 @@
 //! the console's own routes can be bookmarked. A strict Content-Security-Policy allows
 //! only Herald's own scripts and styles: nothing is loaded from elsewhere.
 
+use actix_web::get;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use rust_embed::Embed;
@@ -19,18 +20,32 @@ struct Assets;
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/admin", web::get().to(redirect_to_console))
-        .route("/admin/{path:.*}", web::get().to(get_asset));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(redirect_to_console).service(get_asset);
 }
 
+#[utoipa::path(
+    tag = "console",
+    summary = "Redirects to /admin/",
+    responses((status = 308, description = "To /admin/")),
+    security(()),
+)]
+#[get("/admin")]
 async fn redirect_to_console() -> HttpResponse {
     HttpResponse::PermanentRedirect()
         .insert_header((header::LOCATION, "/admin/"))
         .finish()
 }
 
+#[utoipa::path(
+    tag = "console",
+    summary = "The console's files (paths without an extension serve the console page)",
+    params(("path" = String, Path, description = "A console file, or a console page")),
+    responses((status = 200, description = "The file", body = String, content_type = "text/html"), (status = 304, description = "Not modified (ETag)"), (status = 404, description = "No such file", body = super::openapi::Problem, content_type = "application/problem+json")),
+    security(()),
+)]
+#[get("/admin/{path:.*}")]
 async fn get_asset(req: HttpRequest, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let path = path.into_inner();
     let last = path.rsplit('/').next().unwrap_or_default();

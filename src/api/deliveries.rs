@@ -1,6 +1,7 @@
 //! `/v1/deliveries`: the webhook log, and replays (admin only).
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -20,18 +21,18 @@ const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 const STATUSES: [&str; 4] = ["pending", "delivering", "succeeded", "failed"];
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/deliveries", web::get().to(list_deliveries))
-        .route("/deliveries/changes", web::get().to(delivery_changes))
-        .route("/deliveries/replay", web::post().to(replay_deliveries))
-        .route("/deliveries/{id}", web::get().to(get_delivery))
-        .route("/deliveries/{id}/replay", web::post().to(replay_delivery))
-        .route("/replays/{id}", web::get().to(get_replay));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(list_deliveries)
+        .service(delivery_changes)
+        .service(replay_deliveries)
+        .service(get_delivery)
+        .service(replay_delivery)
+        .service(get_replay);
 }
 
 /// A delivery as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryDto {
     id: Uuid,
     event_id: Uuid,
@@ -71,7 +72,7 @@ impl From<Delivery> for DeliveryDto {
 }
 
 /// An attempt as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AttemptDto {
     id: Uuid,
     started_at: DateTime<Utc>,
@@ -202,12 +203,19 @@ fn parse_filter(query: &ListQuery) -> Result<DeliveryFilter, ApiError> {
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeliveryPageDto {
     deliveries: Vec<DeliveryDto>,
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "The webhook log, newest first",
+    params(("status" = Option<String>, Query, description = "pending, delivering, succeeded or failed"), ("endpoint_id" = Option<uuid::Uuid>, Query, description = "Endpoint"), ("event_type" = Option<String>, Query, description = "Event type"), ("stream" = Option<String>, Query, description = "Stream"), ("status_code" = Option<i32>, Query, description = "Last response status"), ("since" = Option<String>, Query, description = "Created at or after (RFC 3339)"), ("until" = Option<String>, Query, description = "Created before (RFC 3339)"), ("replay_id" = Option<uuid::Uuid>, Query, description = "Made due by this bulk replay or recover"), ("limit" = Option<i64>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, description = "A page", body = DeliveryPageDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A bad filter", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/deliveries")]
 async fn list_deliveries(
     req: HttpRequest,
     principal: Principal,
@@ -250,6 +258,13 @@ async fn list_deliveries(
     }))
 }
 
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "A delivery with every attempt",
+    params(("id" = uuid::Uuid, Path, description = "Delivery id")),
+    responses((status = 200, description = "The delivery; attempts is the list of attempts", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/deliveries/{id}")]
 async fn get_delivery(
     path: web::Path<String>,
     principal: Principal,
@@ -277,6 +292,13 @@ async fn get_delivery(
     Ok(HttpResponse::Ok().json(Value::Object(detail)))
 }
 
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "Attempt a delivery again now",
+    params(("id" = uuid::Uuid, Path, description = "Delivery id")),
+    responses((status = 202, description = "Due now", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Being attempted right now", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/deliveries/{id}/replay")]
 async fn replay_delivery(
     path: web::Path<String>,
     principal: Principal,
@@ -311,6 +333,13 @@ const FILTER_FIELDS: [&str; 8] = [
     "replay_id",
 ];
 
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "Replay every delivery matching a filter (or count them)",
+    request_body(content = super::openapi::BulkReplay, content_type = "application/json"),
+    responses((status = 202, description = "Replayed: {replayed, replay_id}", body = Object), (status = 200, description = "dry_run: {replayed: 0, matched}", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/deliveries/replay")]
 async fn replay_deliveries(
     req: HttpRequest,
     body: web::Payload,
@@ -386,7 +415,7 @@ async fn replay_deliveries(
 }
 
 /// A bulk replay or recover and its progress.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ReplayDto {
     id: Uuid,
     kind: String,
@@ -403,6 +432,13 @@ struct ReplayDto {
     done: bool,
 }
 
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "A bulk replay or recover, with progress",
+    params(("id" = uuid::Uuid, Path, description = "Replay id")),
+    responses((status = 200, description = "Progress by status", body = ReplayDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such replay", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/replays/{id}")]
 async fn get_replay(
     path: web::Path<String>,
     principal: Principal,
@@ -453,6 +489,12 @@ const CHANGES_THROTTLE: std::time::Duration = std::time::Duration::from_millis(2
 /// 250 ms; comments as heartbeats; and ends after `HERALD_SSE_MAX_LIFETIME` or at shutdown
 /// (EventSource reconnects by itself). It carries no delivery data: the reader asks the
 /// list API for exactly the filter it shows.
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "SSE: says when deliveries changed (event: ready, then event: changed)",
+    responses((status = 200, description = "text/event-stream", body = String, content_type = "text/event-stream"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/deliveries/changes")]
 async fn delivery_changes(
     principal: Principal,
     state: web::Data<AppState>,

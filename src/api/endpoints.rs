@@ -1,5 +1,6 @@
 //! `/v1/endpoints`: webhook subscriptions (admin only).
 
+use actix_web::{delete, get, patch, post};
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -57,23 +58,20 @@ const FIELDS: [&str; 10] = [
     "secret",
 ];
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/endpoints", web::post().to(create_endpoint))
-        .route("/endpoints", web::get().to(list_endpoints))
-        .route("/endpoints/{id}", web::get().to(get_endpoint))
-        .route("/endpoints/{id}", web::patch().to(update_endpoint))
-        .route("/endpoints/{id}", web::delete().to(delete_endpoint))
-        .route(
-            "/endpoints/{id}/rotate-secret",
-            web::post().to(rotate_endpoint_secret),
-        )
-        .route("/endpoints/{id}/recover", web::post().to(recover_endpoint))
-        .route("/endpoints/{id}/test", web::post().to(send_test_event));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_endpoint)
+        .service(list_endpoints)
+        .service(get_endpoint)
+        .service(update_endpoint)
+        .service(delete_endpoint)
+        .service(rotate_endpoint_secret)
+        .service(recover_endpoint)
+        .service(send_test_event);
 }
 
 /// An endpoint as the API shows it (never with its secret, except where noted).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EndpointDto {
     id: Uuid,
     url: String,
@@ -206,6 +204,13 @@ fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
     super::parse_id("endpoint", raw)
 }
 
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "Create a webhook endpoint (its secret is shown once)",
+    request_body(content = super::openapi::EndpointInput, content_type = "application/json"),
+    responses((status = 201, description = "Created, with its signing secret", body = EndpointDto), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/endpoints")]
 async fn create_endpoint(
     req: HttpRequest,
     body: web::Payload,
@@ -258,6 +263,12 @@ struct EndpointListDto {
     endpoints: Vec<EndpointDto>,
 }
 
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "Every endpoint",
+    responses((status = 200, description = "The endpoints", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/endpoints")]
 async fn list_endpoints(
     principal: Principal,
     state: web::Data<AppState>,
@@ -273,6 +284,13 @@ async fn list_endpoints(
     }))
 }
 
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "One endpoint",
+    params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
+    responses((status = 200, description = "The endpoint", body = EndpointDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/endpoints/{id}")]
 async fn get_endpoint(
     path: web::Path<String>,
     principal: Principal,
@@ -288,6 +306,14 @@ async fn get_endpoint(
     Ok(HttpResponse::Ok().json(EndpointDto::new(found, false)))
 }
 
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "Change an endpoint (also enable/disable)",
+    params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
+    request_body(content = super::openapi::EndpointInput, content_type = "application/json"),
+    responses((status = 200, description = "Changed", body = EndpointDto), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[patch("/endpoints/{id}")]
 async fn update_endpoint(
     req: HttpRequest,
     path: web::Path<String>,
@@ -326,6 +352,13 @@ async fn update_endpoint(
     Ok(HttpResponse::Ok().json(EndpointDto::new(updated, false)))
 }
 
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "Delete an endpoint (its deliveries stay, failed)",
+    params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[delete("/endpoints/{id}")]
 async fn delete_endpoint(
     path: web::Path<String>,
     principal: Principal,
@@ -356,6 +389,13 @@ struct RotatedDto {
     previous_secret_expires_at: DateTime<Utc>,
 }
 
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "New signing secret; the old one verifies for 24 h more",
+    params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
+    responses((status = 200, description = "The new secret (shown once)", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/endpoints/{id}/rotate-secret")]
 async fn rotate_endpoint_secret(
     req: HttpRequest,
     path: web::Path<String>,
@@ -408,6 +448,14 @@ async fn rotate_endpoint_secret(
     }))
 }
 
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "Send the endpoint every event of a window it has not received",
+    params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
+    request_body(content = super::openapi::RecoverWindow, content_type = "application/json"),
+    responses((status = 202, description = "{recovered, replay_id}", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/endpoints/{id}/recover")]
 async fn recover_endpoint(
     req: HttpRequest,
     path: web::Path<String>,
@@ -469,6 +517,14 @@ pub const TEST_EVENT_TYPE: &str = "herald.test";
 /// `POST /v1/endpoints/{id}/test`: stores a test event in `herald:test` with a delivery to
 /// this endpoint only, sent and recorded like any other. The body may be empty, or name an
 /// `event_type` and a `payload`.
+#[utoipa::path(
+    tag = "endpoints",
+    summary = "Send the endpoint a test event (herald:test stream, to it only)",
+    params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
+    request_body(content = super::openapi::TestEvent, content_type = "application/json"),
+    responses((status = 202, description = "{event_id, delivery_id, stream}", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/endpoints/{id}/test")]
 async fn send_test_event(
     req: HttpRequest,
     path: web::Path<String>,

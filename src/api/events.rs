@@ -2,6 +2,7 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{get, post};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -23,15 +24,15 @@ pub const MAX_BATCH: usize = 1000;
 /// Room in a single-event body for everything but the payload.
 const ENVELOPE_ALLOWANCE: usize = 16 * 1024;
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/events", web::post().to(create_event))
-        .route("/events/batch", web::post().to(create_events_batch))
-        .route("/events/{id}", web::get().to(get_event));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_event)
+        .service(create_events_batch)
+        .service(get_event);
 }
 
 /// An event as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventDto {
     /// Herald's id.
     pub id: Uuid,
@@ -43,6 +44,7 @@ pub struct EventDto {
     /// Position in the stream.
     pub seq: i64,
     /// The producer's JSON.
+    #[schema(value_type = Object)]
     pub payload: RawJson,
     /// When it was stored.
     pub created_at: DateTime<Utc>,
@@ -192,6 +194,14 @@ fn respond(replayed: bool) -> actix_web::HttpResponseBuilder {
     }
 }
 
+#[utoipa::path(
+    tag = "events",
+    summary = "Publish an event",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats within 24 h return the first result")),
+    request_body(content = super::openapi::NewEvent, content_type = "application/json"),
+    responses((status = 201, description = "Stored", body = EventDto), (status = 200, description = "An idempotent repeat (Idempotent-Replayed: true)", body = EventDto), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency-Key reused with another body", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/events")]
 async fn create_event(
     req: HttpRequest,
     body: web::Payload,
@@ -214,11 +224,19 @@ async fn create_event(
         .json(EventDto::from(event)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct BatchDto {
     events: Vec<EventDto>,
 }
 
+#[utoipa::path(
+    tag = "events",
+    summary = "Publish up to 1000 events at once (all or nothing)",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Repeats within 24 h return the first result")),
+    request_body(content = super::openapi::NewEventBatch, content_type = "application/json"),
+    responses((status = 201, description = "Stored, in order", body = BatchDto), (status = 200, description = "An idempotent repeat", body = BatchDto), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Idempotency-Key reused with another body", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/events/batch")]
 async fn create_events_batch(
     req: HttpRequest,
     body: web::Payload,
@@ -249,6 +267,13 @@ async fn create_events_batch(
     }))
 }
 
+#[utoipa::path(
+    tag = "events",
+    summary = "One event",
+    params(("id" = uuid::Uuid, Path, description = "Event id")),
+    responses((status = 200, description = "The event", body = EventDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such event (or not readable with this key)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/events/{id}")]
 async fn get_event(
     path: web::Path<String>,
     principal: Principal,

@@ -1,5 +1,6 @@
 //! `/healthz` (the process is alive) and `/readyz` (it can reach its database).
 
+use actix_web::get;
 use actix_web::{HttpResponse, web};
 use diesel_async::RunQueryDsl as _;
 use serde_json::json;
@@ -7,16 +8,29 @@ use serde_json::json;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(get_healthz))
-        .route("/readyz", web::get().to(get_readyz));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(get_healthz).service(get_readyz);
 }
 
+#[utoipa::path(
+    tag = "operations",
+    summary = "The process is up",
+    responses((status = 200, description = "Alive", body = Object)),
+    security(()),
+)]
+#[get("/healthz")]
 async fn get_healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(
+    tag = "operations",
+    summary = "The database can be reached",
+    responses((status = 200, description = "Ready", body = Object), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    security(()),
+)]
+#[get("/readyz")]
 async fn get_readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let mut conn = state.pool.get().await?;
     diesel::sql_query("SELECT 1")

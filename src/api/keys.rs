@@ -1,6 +1,7 @@
 //! `POST /v1/keys`, `GET /v1/keys`, `DELETE /v1/keys/{id}` (admin only).
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{delete, get, post};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
 use serde::{Deserialize, Serialize};
@@ -13,11 +14,11 @@ use crate::domain::{ApiKeySecret, Role, StreamPrefix};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/keys", web::post().to(create_key))
-        .route("/keys", web::get().to(list_keys))
-        .route("/keys/{id}", web::delete().to(delete_key));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_key)
+        .service(list_keys)
+        .service(delete_key);
 }
 
 /// A key as listed (never with the key itself).
@@ -88,6 +89,13 @@ pub fn parse_grant(role: &str, prefixes: &[String]) -> Result<(Role, Vec<String>
     }
 }
 
+#[utoipa::path(
+    tag = "keys",
+    summary = "Create an API key (shown once)",
+    request_body(content = super::openapi::NewKey, content_type = "application/json"),
+    responses((status = 201, description = "The key, with its secret this once", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[post("/keys")]
 async fn create_key(
     req: HttpRequest,
     body: web::Payload,
@@ -121,6 +129,12 @@ struct KeyListDto {
     keys: Vec<KeyDto>,
 }
 
+#[utoipa::path(
+    tag = "keys",
+    summary = "Every API key (never their secrets)",
+    responses((status = 200, description = "The keys", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/keys")]
 async fn list_keys(
     principal: Principal,
     state: web::Data<AppState>,
@@ -133,6 +147,13 @@ async fn list_keys(
     }))
 }
 
+#[utoipa::path(
+    tag = "keys",
+    summary = "Delete an API key",
+    params(("id" = uuid::Uuid, Path, description = "Key id")),
+    responses((status = 204, description = "Deleted"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The last admin key cannot be deleted", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[delete("/keys/{id}")]
 async fn delete_key(
     path: web::Path<String>,
     principal: Principal,

@@ -1,5 +1,6 @@
 //! `GET /metrics`: Prometheus text exposition (see `crate::metrics`).
 
+use actix_web::get;
 use std::time::Duration;
 
 use actix_web::{HttpResponse, web};
@@ -13,11 +14,18 @@ use crate::startup::AppState;
 /// last value and the rest is answered at once.
 const QUEUE_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Registers the route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/metrics", web::get().to(get_metrics));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(get_metrics);
 }
 
+#[utoipa::path(
+    tag = "operations",
+    summary = "Prometheus metrics",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+    security(()),
+)]
+#[get("/metrics")]
 async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
     let queue = tokio::time::timeout(QUEUE_QUERY_TIMEOUT, async {
         let mut conn = state.pool.get().await.ok()?;

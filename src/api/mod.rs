@@ -9,6 +9,7 @@ mod fields;
 pub mod health;
 pub mod keys;
 pub mod metrics;
+pub mod openapi;
 pub mod overview;
 pub mod sessions;
 mod sse;
@@ -18,13 +19,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::error::ApiError;
 
-/// Registers every route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Registers every route, each through `utoipa_actix_web`'s `service(...)` so that it is
+/// in the OpenAPI document (see `openapi`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(health::routes)
         .configure(metrics::routes)
         .configure(admin_ui::routes)
         .service(
-            web::scope("/v1")
+            utoipa_actix_web::scope("/v1")
                 .configure(events::routes)
                 .configure(endpoints::routes)
                 .configure(deliveries::routes)

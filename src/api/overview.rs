@@ -1,5 +1,6 @@
 //! `GET /v1/overview`: what the console's first page shows (admin only).
 
+use actix_web::get;
 use actix_web::{HttpResponse, web};
 use chrono::Utc;
 use serde_json::{Map, Value, json};
@@ -9,11 +10,17 @@ use crate::db::models::overview;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-/// Registers the route.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/overview", web::get().to(get_overview));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(get_overview);
 }
 
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "Deliveries by status, the backlog and endpoint health",
+    responses((status = 200, description = "The overview", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/overview")]
 async fn get_overview(
     principal: Principal,
     state: web::Data<AppState>,

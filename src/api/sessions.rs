@@ -7,6 +7,7 @@
 //! after [`MAX_FAILURES`] failures from one address within [`FAILURE_WINDOW`] further
 //! attempts get `429` until the window has passed.
 
+use actix_web::{delete, get, post};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
@@ -75,11 +76,11 @@ impl SignInLimiter {
     }
 }
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/sessions", web::post().to(create_session))
-        .route("/sessions/current", web::get().to(get_session))
-        .route("/sessions/current", web::delete().to(delete_session));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_session)
+        .service(get_session)
+        .service(delete_session);
 }
 
 fn client_ip(req: &HttpRequest) -> IpAddr {
@@ -108,6 +109,14 @@ fn session_cookie(req: &HttpRequest, value: String, max_age: Duration) -> Cookie
     cookie
 }
 
+#[utoipa::path(
+    tag = "console",
+    summary = "Sign in to the console with an admin key",
+    request_body(content = super::openapi::SignIn, content_type = "application/json"),
+    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    security(()),
+)]
+#[post("/sessions")]
 async fn create_session(
     req: HttpRequest,
     body: web::Payload,
@@ -167,6 +176,12 @@ async fn create_session(
         })))
 }
 
+#[utoipa::path(
+    tag = "console",
+    summary = "The current session and its CSRF token",
+    responses((status = 200, description = "The session", body = Object), (status = 401, description = "Not signed in", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/sessions/current")]
 async fn get_session(
     req: HttpRequest,
     state: web::Data<AppState>,
@@ -188,6 +203,12 @@ async fn get_session(
     })))
 }
 
+#[utoipa::path(
+    tag = "console",
+    summary = "Sign out",
+    responses((status = 204, description = "Signed out; cookie cleared"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[delete("/sessions/current")]
 async fn delete_session(
     req: HttpRequest,
     _principal: Principal,

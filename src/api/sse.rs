@@ -8,6 +8,7 @@
 //! gone). After `HERALD_SSE_MAX_LIFETIME` the stream ends and the client reconnects,
 //! possibly to another instance, which spreads clients after a deploy or scale-out.
 
+use actix_web::get;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +38,13 @@ struct SseQuery {
     after: Option<String>,
 }
 
+#[utoipa::path(
+    tag = "streams",
+    summary = "The stream as Server-Sent Events",
+    params(("stream" = String, Path, description = "Stream name"), ("after" = Option<i64>, Query, description = "Resume after this seq"), ("Last-Event-ID" = Option<String>, Header, description = "Resume after this seq (EventSource sends it)")),
+    responses((status = 200, description = "text/event-stream: id=seq, event=type, data=event JSON", body = String, content_type = "text/event-stream"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/streams/{stream:.+}/sse")]
 pub(super) async fn stream_sse(
     req: HttpRequest,
     path: web::Path<String>,

@@ -8,6 +8,7 @@
 //! Stream names may contain `/`, so the name is matched greedily up to the final
 //! `/events`; a name that itself ends in `/events` must be sent with `%2F` for its slashes.
 
+use actix_web::get;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,17 +36,11 @@ pub const DEFAULT_LIMIT: i64 = 100;
 /// Largest `limit`.
 pub const MAX_LIMIT: i64 = 1000;
 
-/// Registers the routes.
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/streams/{stream:.+}/events",
-        web::get().to(list_stream_events),
-    )
-    .route(
-        "/streams/{stream:.+}/sse",
-        web::get().to(super::sse::stream_sse),
-    )
-    .route("/streams/{stream:.+}", web::get().to(get_stream));
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(list_stream_events)
+        .service(super::sse::stream_sse)
+        .service(get_stream);
 }
 
 /// Parses the `{stream}` path segment (percent-encoded slashes allowed).
@@ -246,6 +241,13 @@ pub fn unavailable(detail: &str) -> ApiError {
     }
 }
 
+#[utoipa::path(
+    tag = "streams",
+    summary = "Poll or long-poll a stream",
+    params(("stream" = String, Path, description = "Stream name"), ("after" = Option<i64>, Query, description = "Cursor: the last seq seen (default 0)"), ("limit" = Option<i64>, Query, description = "At most this many events (1-1000, default 100)"), ("wait" = Option<String>, Query, description = "Hold up to this long for events, e.g. 25s (or Prefer: wait=25)"), ("Prefer" = Option<String>, Header, description = "wait=<seconds>")),
+    responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/streams/{stream:.+}/events")]
 async fn list_stream_events(
     req: HttpRequest,
     path: web::Path<String>,
@@ -368,6 +370,13 @@ struct StreamDto {
     earliest_seq: Option<i64>,
 }
 
+#[utoipa::path(
+    tag = "streams",
+    summary = "A stream's bounds",
+    params(("stream" = String, Path, description = "Stream name")),
+    responses((status = 200, description = "Bounds and last seq", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+)]
+#[get("/streams/{stream:.+}")]
 async fn get_stream(
     path: web::Path<String>,
     principal: Principal,

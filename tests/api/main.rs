@@ -20,6 +20,7 @@ mod idempotency;
 mod keys;
 mod logs;
 mod longpoll;
+mod openapi;
 mod receiver;
 mod retention;
 mod sessions;

@@ -1,0 +1,203 @@
+//! `GET /openapi.json` (OpenAPI 3.1) and `GET /docs` (Swagger UI, served from the binary).
+//!
+//! The document is generated from the code: every route is registered through
+//! `utoipa_actix_web`'s `service(...)`, which collects the `#[utoipa::path]` next to each
+//! handler, so a route cannot be served without being documented. Request bodies are read
+//! by hand (strict field checks, size limits), so their shapes are described here by the
+//! types below, which exist for the document only.
+
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// An error, as every 4xx and 5xx answer carries it (`application/problem+json`, RFC 9457).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// `urn:herald:problem:<slug>`; see docs/errors.md.
+    #[schema(example = "urn:herald:problem:validation")]
+    pub r#type: String,
+    /// A short, fixed summary of the type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong with this request, for people.
+    pub detail: String,
+    /// For `validation`: the field at fault, such as `events[3].type`.
+    pub field: Option<String>,
+    /// For `cursor-expired`: the smallest cursor that can still be served.
+    pub earliest_after: Option<i64>,
+}
+
+/// An event to publish.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewEvent {
+    /// The stream: 1 to 200 characters of `A-Z a-z 0-9 . _ : / -`.
+    #[schema(example = "payment:pay_123")]
+    pub stream: String,
+    /// The event type, same characters.
+    #[schema(example = "payment.succeeded")]
+    pub r#type: String,
+    /// Any JSON value, stored and delivered byte for byte (at most `HERALD_MAX_PAYLOAD`).
+    pub payload: Value,
+}
+
+/// Events to publish at once: all are stored, or none.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewEventBatch {
+    /// 1 to 1000 events.
+    pub events: Vec<NewEvent>,
+}
+
+/// An API key to create.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NewKey {
+    /// `admin`, `publisher` or `subscriber`.
+    pub role: String,
+    /// For subscribers (and optionally publishers): the stream prefixes it may use.
+    pub stream_prefixes: Option<Vec<String>>,
+    /// A note for people.
+    pub description: Option<String>,
+}
+
+/// An endpoint to create, or the fields to change (all optional when changing).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointInput {
+    /// Where webhooks are sent (`https://`, or `http://` where allowed).
+    pub url: String,
+    /// A note for people.
+    pub description: Option<String>,
+    /// Event types it receives; empty: all.
+    pub event_types: Option<Vec<String>>,
+    /// Streams or prefixes ending in `*`; empty: every stream but `herald:*`.
+    pub streams: Option<Vec<String>>,
+    /// Whether it receives anything.
+    pub enabled: Option<bool>,
+    /// Requests per second at most (per instance), or null for no limit.
+    pub rate_limit: Option<i32>,
+    /// Attempts in flight at once (per instance).
+    pub max_in_flight: Option<i32>,
+    /// One delivery at a time per stream, in seq order.
+    pub ordered: Option<bool>,
+    /// Extra request headers.
+    pub headers: Option<std::collections::HashMap<String, String>>,
+    /// A `whsec_` signing secret to use instead of a generated one (creation only).
+    pub secret: Option<String>,
+}
+
+/// Which deliveries a bulk replay sends again.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkReplay {
+    /// At least one of: `status`, `endpoint_id`, `event_type`, `stream`, `status_code`,
+    /// `since`, `until`, `replay_id` (as in the list's query).
+    pub filter: std::collections::HashMap<String, String>,
+    /// Count the matching deliveries and change nothing.
+    pub dry_run: Option<bool>,
+}
+
+/// The window of a recover.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecoverWindow {
+    /// RFC 3339; events created at or after it.
+    pub since: String,
+    /// RFC 3339; events created before it (default: now).
+    pub until: Option<String>,
+}
+
+/// A test event (every field optional; the body may be empty).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestEvent {
+    /// Default `herald.test`.
+    pub event_type: Option<String>,
+    /// Default: a small object naming the endpoint.
+    pub payload: Option<Value>,
+}
+
+/// A console sign-in.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignIn {
+    /// An admin API key.
+    pub key: String,
+}
+
+/// `GET /openapi.json` (served by the Swagger UI service; described here).
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    summary = "This OpenAPI 3.1 document",
+    security(()),
+    responses((status = 200, description = "The document", body = Object)),
+)]
+#[expect(dead_code, reason = "documents a route served by utoipa_swagger_ui")]
+fn openapi_json() {}
+
+/// `GET /docs/`: Swagger UI for this document, served from the binary (works offline).
+#[utoipa::path(
+    get,
+    path = "/docs/{path}",
+    tag = "operations",
+    summary = "Interactive API documentation (Swagger UI); open /docs/",
+    params(("path" = String, Path, description = "Empty for the page, or one of its files")),
+    security(()),
+    responses((status = 200, description = "The page or file", body = String, content_type = "text/html")),
+)]
+#[expect(dead_code, reason = "documents a route served by utoipa_swagger_ui")]
+fn docs_page() {}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("hrld_ API key")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "herald_session",
+                "A console session (POST /v1/sessions); state-changing requests also need \
+                 the session's X-CSRF-Token header.",
+            ))),
+        );
+    }
+}
+
+/// What the document says beyond its paths.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Herald",
+        description = "Durable events, delivered by long-poll, SSE and signed webhooks. \
+                       Errors are application/problem+json (see the Problem schema).",
+        license(name = "Apache-2.0"),
+    ),
+    paths(openapi_json, docs_page),
+    components(schemas(
+        Problem, NewEvent, NewEventBatch, NewKey, EndpointInput, BulkReplay, RecoverWindow,
+        TestEvent, SignIn
+    )),
+    security(("bearer" = []), ("session" = [])),
+    modifiers(&Security),
+)]
+pub struct ApiDoc;
+
+/// The whole document: `ApiDoc` merged with the paths the routes registered.
+pub fn document() -> utoipa::openapi::OpenApi {
+    use utoipa_actix_web::AppExt as _;
+    let (_, paths) = actix_web::App::new()
+        .into_utoipa_app()
+        .configure(super::routes)
+        .split_for_parts();
+    let mut doc = ApiDoc::openapi();
+    doc.merge(paths);
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    doc
+}
