@@ -14,6 +14,7 @@ mod crash;
 mod embedded;
 mod endpoints;
 mod events;
+mod faults;
 mod health;
 mod helpers;
 mod idempotency;
