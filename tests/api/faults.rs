@@ -191,3 +191,83 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
     drop(app);
     pg.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_then_back_gets_its_backlog_at_its_limits_without_a_retry_storm() {
+    let mut settings = test_settings();
+    settings.destinations = DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
+    settings.retry_schedule = RetrySchedule::parse("1s,1s,1s,1s,1s,1s,1s,1s,1s,1s").unwrap();
+    let (db, url) = crate::helpers::create_database().await;
+    let app = spawn_app_on(settings, db, url).await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(503).after(Duration::from_millis(50)));
+    let created = app
+        .post(
+            "/v1/endpoints",
+            &json!({"url": receiver.url, "rate_limit": 10, "max_in_flight": 2}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let events: Vec<Value> = (0..30)
+        .map(|i| json!({"stream": "orders", "type": "order.created", "payload": i}))
+        .collect();
+    let published = app
+        .post("/v1/events/batch", &json!({"events": events}))
+        .await;
+    assert_eq!(published.status(), 201);
+
+    // Down for 3 s, then back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let back_at = std::time::Instant::now();
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(50)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let succeeded = app
+            .get("/v1/deliveries?status=succeeded&limit=500")
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["deliveries"]
+            .as_array()
+            .unwrap()
+            .len();
+        if succeeded == 30 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{succeeded} of 30 delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let received = receiver.received();
+    let times: Vec<Instant> = received.iter().map(|r| r.at).collect();
+    // The token bucket: in any window of w seconds, at most rate * (1 + w) requests.
+    for (i, start) in times.iter().enumerate() {
+        for w in [0.5_f64, 1.0, 2.0, 4.0] {
+            let end = *start + Duration::from_secs_f64(w);
+            let in_window = times[i..].iter().filter(|t| **t <= end).count();
+            assert!(
+                in_window as f64 <= 10.0 * (1.0 + w) + 1.0,
+                "{in_window} requests within {w} s: over the endpoint's rate limit"
+            );
+        }
+    }
+    // max_in_flight 2: with every answer taking 50 ms, no three requests start within 50 ms.
+    for window in times.windows(3) {
+        assert!(
+            window[2].duration_since(window[0]) >= Duration::from_millis(45),
+            "three requests in flight at once"
+        );
+    }
+    // No retry storm while it was down: each delivery was tried on its schedule (1 s
+    // apart), so at most 4 to 5 times in those 3 s, not as fast as the worker could.
+    let mut tries: std::collections::HashMap<String, usize> = Default::default();
+    for r in received.iter().filter(|r| r.at < back_at) {
+        *tries.entry(r.headers["webhook-id"].clone()).or_default() += 1;
+    }
+    let most = tries.values().copied().max().unwrap_or(0);
+    assert!(most <= 5, "a delivery was tried {most} times in 3 s");
+    assert!(
+        most >= 2,
+        "deliveries were retried while the receiver was down"
+    );
+}
