@@ -147,3 +147,155 @@ async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
         at_kill
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_under_load_and_a_sigterm_deliver_everything_never_twice_at_once() {
+    let (_, database_url) = crate::helpers::create_database().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let mut instances = Vec::new();
+    for port in ports {
+        instances.push(start_herald(&database_url, port));
+    }
+    let bases: Vec<String> = ports
+        .iter()
+        .map(|p| format!("http://127.0.0.1:{p}"))
+        .collect();
+    for (base, child) in bases.iter().zip(instances.iter_mut()) {
+        wait_ready(base, child).await;
+    }
+    let client = reqwest::Client::new();
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(200).after(REPLY_DELAY));
+    let created = client
+        .post(format!("{}/v1/endpoints", bases[0]))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"url": receiver.url, "max_in_flight": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+
+    // A long-poll held on the third instance, which will be stopped.
+    let held = {
+        let client = client.clone();
+        let url = format!("{}/v1/streams/quiet/events?after=0&wait=50", bases[2]);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = client.get(url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+            let status = answer.status();
+            let body: Value = answer.json().await.unwrap();
+            (status, body, started.elapsed())
+        })
+    };
+
+    // Publish load, round robin over the instances that are up.
+    let stop_at = Instant::now() + Duration::from_secs(4);
+    let sigterm_at = Instant::now() + Duration::from_millis(1500);
+    let mut acked: Vec<String> = Vec::new();
+    let mut n = 0usize;
+    let mut terminated = false;
+    while Instant::now() < stop_at {
+        if !terminated && Instant::now() >= sigterm_at {
+            // SIGTERM mid-load: attempts in flight on it finish or are retried elsewhere.
+            let mut third = instances.pop().unwrap();
+            crate::embedded::terminate(&mut third).await;
+            terminated = true;
+            let (status, body, took) = held.await.unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(body["events"], json!([]));
+            assert!(
+                took < Duration::from_secs(45),
+                "the held poll was answered at shutdown"
+            );
+            break;
+        }
+        let up = if terminated { 2 } else { 3 };
+        let events: Vec<Value> = (0..20)
+            .map(|i| json!({"stream": format!("s{}", (n + i) % 7), "type": "t", "payload": n + i}))
+            .collect();
+        n += 20;
+        let answer = client
+            .post(format!("{}/v1/events/batch", bases[n / 20 % up]))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"events": events}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 201);
+        let page: Value = answer.json().await.unwrap();
+        acked.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+    }
+    assert!(terminated);
+    // More load on the two that are left.
+    while Instant::now() < stop_at {
+        let events: Vec<Value> = (0..20)
+            .map(|i| json!({"stream": "after", "type": "t", "payload": n + i}))
+            .collect();
+        n += 20;
+        let answer = client
+            .post(format!("{}/v1/events/batch", bases[n / 20 % 2]))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"events": events}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 201);
+        let page: Value = answer.json().await.unwrap();
+        acked.extend(
+            page["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned()),
+        );
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let requests = loop {
+        let got = receiver.received();
+        let ids: std::collections::HashSet<&str> = got
+            .iter()
+            .map(|r| r.headers["webhook-id"].as_str())
+            .collect();
+        let missing = acked.iter().filter(|id| !ids.contains(id.as_str())).count();
+        if missing == 0 {
+            break got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged events not delivered",
+            acked.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for mut child in instances {
+        let _ = child.kill().await;
+    }
+    let mut starts: HashMap<&str, Vec<Instant>> = HashMap::new();
+    for r in &requests {
+        starts
+            .entry(r.headers["webhook-id"].as_str())
+            .or_default()
+            .push(r.at);
+    }
+    for (id, mut at) in starts {
+        at.sort_unstable();
+        for pair in at.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= REPLY_DELAY,
+                "{id} was sent twice concurrently"
+            );
+        }
+    }
+    println!(
+        "{} events over three instances, {} requests",
+        acked.len(),
+        requests.len()
+    );
+}
