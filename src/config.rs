@@ -43,6 +43,9 @@ pub struct Settings {
     /// `HERALD_DB_TIMEOUT`: how long a request waits for a database connection (or to
     /// connect) before it is answered `503`.
     pub db_timeout: Duration,
+    /// `HERALD_BODY_TIMEOUT`: how long a request body may take to arrive, start to end;
+    /// slower bodies are answered `408` and the connection closed.
+    pub body_timeout: Duration,
     /// `HERALD_LONGPOLL_DEFAULT_WAIT`: how long a poll without `wait` is held.
     pub longpoll_default_wait: Duration,
     /// `HERALD_LONGPOLL_MAX_WAIT`: the longest hold; larger waits are clamped to it.
@@ -136,6 +139,13 @@ impl Settings {
             }
         })?;
         let db_timeout = parse!("HERALD_DB_TIMEOUT", "5s", parse_duration)?;
+        let body_timeout = parse!("HERALD_BODY_TIMEOUT", "30s", parse_duration)?;
+        if body_timeout.is_zero() {
+            return Err(ConfigError {
+                var: "HERALD_BODY_TIMEOUT",
+                problem: "must be more than 0".into(),
+            });
+        }
         let longpoll_default_wait = parse!("HERALD_LONGPOLL_DEFAULT_WAIT", "25s", parse_duration)?;
         let longpoll_max_wait = parse!("HERALD_LONGPOLL_MAX_WAIT", "55s", parse_duration)?;
         if longpoll_max_wait.is_zero() || longpoll_max_wait > Duration::from_secs(3600) {
@@ -230,6 +240,7 @@ impl Settings {
             max_batch_bytes,
             db_pool_size,
             db_timeout,
+            body_timeout,
             longpoll_default_wait,
             longpoll_max_wait,
             max_waiters,

@@ -49,6 +49,9 @@ pub enum ApiError {
     /// The request conflicts with the current state (idempotency key reuse, duplicates).
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The request body did not arrive in time (`HERALD_BODY_TIMEOUT`).
+    #[error("request timeout: {0}")]
+    RequestTimeout(String),
     /// Too many failed attempts (sign-in); try again later.
     #[error("too many requests: {detail}")]
     TooManyRequests {
@@ -104,6 +107,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not-found",
             Self::Conflict(_) => "conflict",
+            Self::RequestTimeout(_) => "request-timeout",
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::Gone { .. } => "cursor-expired",
             Self::Unavailable { .. } => "unavailable",
@@ -121,6 +125,7 @@ impl ApiError {
             Self::Forbidden(_) => "Forbidden",
             Self::NotFound(_) => "Not found",
             Self::Conflict(_) => "Conflict",
+            Self::RequestTimeout(_) => "Request timeout",
             Self::TooManyRequests { .. } => "Too many requests",
             Self::Gone { .. } => "Cursor expired",
             Self::Unavailable { .. } => "Service unavailable",
@@ -155,6 +160,7 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Gone { .. } => StatusCode::GONE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -168,6 +174,7 @@ impl ResponseError for ApiError {
             Self::Malformed(d)
             | Self::UnsupportedMediaType(d)
             | Self::PayloadTooLarge(d)
+            | Self::RequestTimeout(d)
             | Self::Forbidden(d)
             | Self::NotFound(d)
             | Self::Conflict(d) => Some(d.clone()),

@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// The body timeout when no settings are at hand.
+const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Reads the body as JSON into `T`, refusing bodies over `limit` bytes before they are
 /// buffered whole: a `Content-Length` over the limit is refused before reading, and a
 /// chunked body is cut off as soon as it passes it. Returns the raw bytes too.
@@ -40,14 +43,28 @@ pub async fn read_json<T: DeserializeOwned>(
         return Err(too_large());
     }
     let mut body = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::Malformed(format!("could not read the body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
+    // A body that trickles in (slowloris) holds a connection and a buffer: it gets
+    // HERALD_BODY_TIMEOUT from first to last byte.
+    let timeout = req
+        .app_data::<web::Data<crate::startup::AppState>>()
+        .map_or(DEFAULT_BODY_TIMEOUT, |state| state.settings.body_timeout);
+    let read = async {
+        while let Some(chunk) = payload.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::Malformed(format!("could not read the body: {e}")))?;
+            if body.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, read).await.map_err(|_| {
+        ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} s (HERALD_BODY_TIMEOUT)",
+            timeout.as_secs_f64()
+        ))
+    })??;
     if body.is_empty() {
         return Err(ApiError::Malformed(
             "the request body is empty; send a JSON object".into(),

@@ -258,7 +258,7 @@ async fn create_endpoint(
         .json(EndpointDto::new(endpoint, true)))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct EndpointListDto {
     endpoints: Vec<EndpointDto>,
 }
@@ -266,7 +266,7 @@ struct EndpointListDto {
 #[utoipa::path(
     tag = "endpoints",
     summary = "Every endpoint",
-    responses((status = 200, description = "The endpoints", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The endpoints", body = EndpointListDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
 )]
 #[get("/endpoints")]
 async fn list_endpoints(
@@ -383,7 +383,7 @@ async fn delete_endpoint(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct RotatedDto {
     secret: String,
     previous_secret_expires_at: DateTime<Utc>,
@@ -393,7 +393,7 @@ struct RotatedDto {
     tag = "endpoints",
     summary = "New signing secret; the old one verifies for 24 h more",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    responses((status = 200, description = "The new secret (shown once)", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The new secret (shown once)", body = RotatedDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
 )]
 #[post("/endpoints/{id}/rotate-secret")]
 async fn rotate_endpoint_secret(

@@ -17,6 +17,7 @@ mod events;
 mod faults;
 mod health;
 mod helpers;
+mod hostile;
 mod idempotency;
 mod keys;
 mod logs;
