@@ -177,8 +177,8 @@ async fn publish(client: &reqwest::Client, base: &str, key: &str, stream: &str) 
 }
 
 fn report_rss(pid: Option<u32>, label: &str) {
-    match pid.and_then(super::rss_mib) {
-        Some(rss) => println!("herald RSS {label}: {rss:.1} MiB"),
+    match pid.and_then(super::memory) {
+        Some(rss) => println!("herald RSS {label}: {rss}"),
         None => println!("herald RSS {label}: unknown (pass --pid)"),
     }
 }

@@ -65,16 +65,36 @@ pub fn percentile(sorted_us: &[u64], p: f64) -> f64 {
 
 /// Resident memory of process `pid` in MiB, from `/proc`.
 fn rss_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "VmRSS:")
+}
+
+/// The anonymous part of it (the heap and stacks: what Herald allocates), in MiB. The rest
+/// is file-backed, mostly the executable's own pages, which the kernel may map in large
+/// folios and can drop at will.
+fn rss_anon_mib(pid: u32) -> Option<f64> {
+    status_mib(pid, "RssAnon:")
+}
+
+fn status_mib(pid: u32, field: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+/// "RSS 141.5 MiB (anonymous 130.2 MiB)".
+fn memory(pid: u32) -> Option<String> {
+    let rss = rss_mib(pid)?;
+    Some(match rss_anon_mib(pid) {
+        Some(anon) => format!("{rss:.1} MiB (anonymous {anon:.1} MiB)"),
+        None => format!("{rss:.1} MiB"),
+    })
 }
 
 /// The pid of the `herald serve` process on this machine, if exactly one runs.

@@ -195,10 +195,9 @@ impl Bench {
     }
 
     fn rss(&self) -> String {
-        self.pid.and_then(super::rss_mib).map_or_else(
-            || "unknown (pass --pid)".to_owned(),
-            |r| format!("{r:.1} MiB"),
-        )
+        self.pid
+            .and_then(super::memory)
+            .unwrap_or_else(|| "unknown (pass --pid)".to_owned())
     }
 }
 
