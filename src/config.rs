@@ -23,13 +23,31 @@ pub enum LogFormat {
     Json,
 }
 
+/// A setting that may hold a credential: `Debug` shows only that it is set.
+#[derive(Clone)]
+pub struct Redacted(pub String);
+
+impl Redacted {
+    /// The value itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// Everything Herald can be told at start.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// `HERALD_LISTEN`: address to serve.
     pub listen: SocketAddr,
-    /// `DATABASE_URL`: unset means "start the embedded PostgreSQL".
-    pub database_url: Option<String>,
+    /// `DATABASE_URL`: unset means "start the embedded PostgreSQL". It may hold a
+    /// password, so it never shows in `Debug` output.
+    pub database_url: Option<Redacted>,
     /// `HERALD_DATA_DIR`: where the embedded cluster lives.
     pub data_dir: PathBuf,
     /// `HERALD_ADMIN_KEY`: bootstrap admin key.
@@ -233,7 +251,7 @@ impl Settings {
 
         Ok(Self {
             listen,
-            database_url: get("DATABASE_URL"),
+            database_url: get("DATABASE_URL").map(Redacted),
             data_dir: PathBuf::from(get("HERALD_DATA_DIR").unwrap_or_else(|| "./.herald".into())),
             admin_key,
             max_payload,
@@ -273,10 +291,20 @@ mod tests {
     }
 
     #[test]
+    fn the_database_url_never_shows_in_debug_output() {
+        let s = settings(&[("DATABASE_URL", "postgres://herald:s3cr3t@db/herald")]).unwrap();
+        assert_eq!(
+            s.database_url.as_ref().unwrap().expose(),
+            "postgres://herald:s3cr3t@db/herald"
+        );
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+    }
+
+    #[test]
     fn defaults_follow_the_product_contract() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(s.database_url, None);
+        assert!(s.database_url.is_none());
         assert_eq!(s.data_dir, PathBuf::from("./.herald"));
         assert_eq!(s.max_payload, 256 * 1024);
         assert_eq!(s.log_format, LogFormat::Text);
@@ -319,7 +347,7 @@ mod tests {
     #[test]
     fn empty_variables_count_as_unset() {
         let s = settings(&[("DATABASE_URL", ""), ("HERALD_MAX_PAYLOAD", " ")]).unwrap();
-        assert_eq!(s.database_url, None);
+        assert!(s.database_url.is_none());
         assert_eq!(s.max_payload, 256 * 1024);
     }
 }

@@ -124,7 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// `DATABASE_URL`, or the embedded cluster's URL after starting it.
 async fn database(settings: &Settings) -> anyhow::Result<(String, Option<EmbeddedPostgres>)> {
     if let Some(url) = &settings.database_url {
-        return Ok((url.clone(), None));
+        return Ok((url.expose().to_owned(), None));
     }
     let pg = EmbeddedPostgres::start(&settings.data_dir, EmbeddedOptions::default())
         .await

@@ -7,6 +7,12 @@
 //! UUIDv7, ordered by creation time, so "older than the cutoff" is a range on the primary
 //! key. Stream counters are never purged: a stream's seq keeps counting after its events
 //! are gone, and readers holding an older cursor get `410` with the cursor to resume from.
+//!
+//! Webhook deliveries and their attempts go with their event (`ON DELETE CASCADE`), so a
+//! purge never leaves a delivery without its payload. An event whose delivery is still
+//! pending or in flight is not purged, and neither is anything newer than it (the purge
+//! stops at the oldest such event, so readers never meet a hole in a stream): a delivery
+//! is never forgotten, and retention resumes once it has succeeded or failed for good.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +44,24 @@ pub fn cutoff_id(now: std::time::SystemTime, age: Duration) -> Uuid {
     bytes[6] = 0x70; // version 7
     bytes[8] = 0x80; // RFC 4122 variant
     Uuid::from_bytes(bytes)
+}
+
+/// The oldest event that still has a webhook delivery pending or in flight.
+async fn oldest_unfinished_event(pool: &DbPool) -> anyhow::Result<Option<Uuid>> {
+    #[derive(diesel::QueryableByName)]
+    struct Oldest {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+    let mut conn = pool.get().await?;
+    // (PostgreSQL 15 has no min(uuid).)
+    let oldest: Vec<Oldest> = diesel::sql_query(
+        "SELECT event_id AS id FROM deliveries WHERE status IN ('pending', 'delivering') \
+         ORDER BY event_id LIMIT 1",
+    )
+    .load(&mut conn)
+    .await?;
+    Ok(oldest.into_iter().next().map(|o| o.id))
 }
 
 /// Deletes up to one batch of events older than `retention`; returns how many.
@@ -72,6 +96,10 @@ pub async fn purge_once(
     metrics: &Metrics,
 ) -> anyhow::Result<u64> {
     let cutoff = cutoff_id(std::time::SystemTime::now(), retention);
+    let cutoff = match oldest_unfinished_event(pool).await? {
+        Some(unfinished) if unfinished < cutoff => unfinished,
+        _ => cutoff,
+    };
     let mut events = 0_u64;
     loop {
         let deleted = purge_events_batch(pool, cutoff).await?;

@@ -25,6 +25,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.configure(health::routes)
         .configure(metrics::routes)
         .configure(admin_ui::routes)
+        .configure(openapi::routes)
         .service(
             utoipa_actix_web::scope("/v1")
                 .configure(events::routes)

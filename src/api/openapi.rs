@@ -6,6 +6,7 @@
 //! by hand (strict field checks, size limits), so their shapes are described here by the
 //! types below, which exist for the document only.
 
+use actix_web::get;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -144,6 +145,25 @@ fn openapi_json() {}
 )]
 #[expect(dead_code, reason = "documents a route served by utoipa_swagger_ui")]
 fn docs_page() {}
+
+/// `GET /docs`: to `/docs/`, where the UI lives.
+#[utoipa::path(
+    tag = "operations",
+    summary = "Redirects to /docs/",
+    security(()),
+    responses((status = 308, description = "To /docs/")),
+)]
+#[get("/docs")]
+async fn docs_redirect() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::PermanentRedirect()
+        .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+        .finish()
+}
+
+/// Registers `/docs` (the page itself and `/openapi.json` are served by Swagger UI).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(docs_redirect);
+}
 
 struct Security;
 

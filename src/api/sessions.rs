@@ -83,9 +83,29 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(delete_session);
 }
 
+/// Whose sign-ins are counted together. Behind a proxy (a loopback or private peer), the
+/// client address it reports (`Forwarded` / `X-Forwarded-For`), so that one client's
+/// failures do not lock out everyone behind the same proxy; from a public peer, the peer
+/// itself, since such headers could be forged to dodge the limit.
 fn client_ip(req: &HttpRequest) -> IpAddr {
-    req.peer_addr()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip())
+    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
+        return IpAddr::from([0, 0, 0, 0]);
+    };
+    let behind_proxy = match peer {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local(),
+    };
+    if !behind_proxy {
+        return peer;
+    }
+    req.connection_info()
+        .realip_remote_addr()
+        .and_then(|raw| {
+            raw.parse::<IpAddr>()
+                .ok()
+                .or_else(|| raw.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        })
+        .unwrap_or(peer)
 }
 
 fn random_token() -> String {
@@ -113,7 +133,7 @@ fn session_cookie(req: &HttpRequest, value: String, max_age: Duration) -> Cookie
     tag = "console",
     summary = "Sign in to the console with an admin key",
     request_body(content = super::openapi::SignIn, content_type = "application/json"),
-    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
     security(()),
 )]
 #[post("/sessions")]

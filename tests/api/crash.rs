@@ -140,6 +140,7 @@ async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
             .unwrap()
             .get(0);
     }
+    assert_eq!(not_done, 0, "every delivery ended succeeded");
     assert!(requests.len() >= EVENTS);
     println!(
         "{} requests for {EVENTS} events ({} before the kill); unfinished rows: {not_done}",
@@ -204,7 +205,7 @@ async fn three_instances_under_load_and_a_sigterm_deliver_everything_never_twice
             assert_eq!(status, 200);
             assert_eq!(body["events"], json!([]));
             assert!(
-                took < Duration::from_secs(45),
+                took < Duration::from_secs(10),
                 "the held poll was answered at shutdown"
             );
             break;

@@ -83,7 +83,15 @@ async fn every_documented_route_is_served_and_the_ui_works_offline() {
         }
     }
 
-    // The interactive docs come from the binary.
+    // The interactive docs come from the binary; /docs leads to them.
+    let bare = app
+        .client
+        .get(format!("{}/docs", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 200);
+    assert_eq!(bare.url().path(), "/docs/");
     let page = app
         .client
         .get(format!("{}/docs/", app.address))

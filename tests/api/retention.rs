@@ -95,3 +95,68 @@ async fn events_past_retention_are_purged_and_readers_get_410() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_with_a_pending_delivery_is_kept_and_so_is_everything_newer() {
+    let app = spawn_app().await;
+    for i in 1..=4 {
+        app.publish("s", "t", json!(i)).await;
+    }
+    let db = app.db().await;
+    for seq in 1..=4_i64 {
+        db.execute(
+            "UPDATE events SET id = $1::text::uuid WHERE stream = 's' AND seq = $2",
+            &[&id_from(Duration::from_secs(7200 - 60 * seq as u64)), &seq],
+        )
+        .await
+        .unwrap();
+    }
+    // Event 3 still has a delivery waiting for a retry; event 1 has a finished one.
+    for (seq, status) in [(1_i64, "succeeded"), (3, "pending")] {
+        db.execute(
+            "INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                                     next_attempt_at, created_at, updated_at) \
+             SELECT gen_random_uuid(), id, gen_random_uuid(), stream, seq, event_type, $2, \
+                    now() + interval '1 hour', now(), now() \
+               FROM events WHERE stream = 's' AND seq = $1",
+            &[&seq, &status],
+        )
+        .await
+        .unwrap();
+    }
+    let pool = herald::db::build_pool(&app.database_url, 2, Duration::from_secs(5)).unwrap();
+    let metrics = Metrics::default();
+    let purged = herald::retention::purge_once(&pool, Duration::from_secs(3600), &metrics)
+        .await
+        .unwrap();
+    assert_eq!(
+        purged, 2,
+        "events 1 and 2 go (with event 1's finished delivery)"
+    );
+    let left: Vec<i64> = db
+        .query(
+            "SELECT seq FROM events WHERE stream = 's' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, vec![3, 4]);
+    let deliveries: i64 = db
+        .query_one("SELECT count(*) FROM deliveries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deliveries, 1, "the finished delivery went with its event");
+
+    // Once it is done, retention resumes.
+    db.execute("UPDATE deliveries SET status = 'failed'", &[])
+        .await
+        .unwrap();
+    let purged = herald::retention::purge_once(&pool, Duration::from_secs(3600), &metrics)
+        .await
+        .unwrap();
+    assert_eq!(purged, 2);
+}

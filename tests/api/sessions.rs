@@ -167,3 +167,30 @@ async fn wrong_keys_are_refused_and_repeated_failures_slowed_down() {
         .unwrap();
     assert_eq!(missing.status(), 429, "still throttled, whatever the body");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_one_client_failing_does_not_lock_out_the_others() {
+    // The test client connects from loopback, as a proxy on the same host would.
+    let app = spawn_app().await;
+    let attempt = |key: &str, client_ip: &str| {
+        app.client
+            .post(format!("{}/v1/sessions", app.address))
+            .header("X-Forwarded-For", client_ip)
+            .json(&json!({"key": key}))
+            .send()
+    };
+    for _ in 0..5 {
+        let wrong = attempt("hrld_definitely_not_a_key", "203.0.113.5")
+            .await
+            .unwrap();
+        assert_problem(wrong, 401, "unauthorized").await;
+    }
+    let throttled = attempt(ADMIN_KEY, "203.0.113.5").await.unwrap();
+    assert_problem(throttled, 429, "too-many-requests").await;
+    let other = attempt(ADMIN_KEY, "198.51.100.7").await.unwrap();
+    assert_eq!(
+        other.status(),
+        201,
+        "another client behind the proxy signs in"
+    );
+}
