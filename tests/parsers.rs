@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald::api::streams::parse_cursor;
+use herald::api::streams::{parse_cursor, parse_wait, wait_preference};
 use herald::domain::destination::DestinationGuard;
 use herald::domain::retry::RetrySchedule;
 use herald::domain::signature::SigningSecret;
@@ -52,6 +52,31 @@ proptest! {
     #[test]
     fn cursors_never_panic(raw in "\\PC{0,64}") {
         let _ = parse_cursor("after", &raw);
+    }
+
+    #[test]
+    fn prefer_headers_and_waits_never_panic(raw in "\\PC{0,120}") {
+        if let Some(wait) = wait_preference(std::iter::once(raw.as_str())) {
+            let _ = parse_wait("Prefer", wait);
+        }
+        let _ = parse_wait("wait", &raw);
+    }
+
+    #[test]
+    fn waits_are_exactly_non_negative_numbers_of_seconds(raw in "[ -]?[0-9]{0,6}(\\.[0-9]{0,4})?(e[0-9]{1,3})?|inf|NaN|-0") {
+        let expected = raw.trim().parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0);
+        let got = parse_wait("wait", &raw).ok();
+        prop_assert_eq!(got.is_some(), expected.is_some());
+        if let (Some(got), Some(n)) = (got, expected) {
+            prop_assert_eq!(got, Duration::try_from_secs_f64(n).unwrap_or(Duration::MAX));
+        }
+    }
+
+    #[test]
+    fn the_first_wait_preference_is_found(n in 0u32..100_000, other in "[a-z]{1,10}=[a-z0-9]{1,5}") {
+        let header = format!("{other}, wait={n}, wait=7");
+        let expected = n.to_string();
+        prop_assert_eq!(wait_preference(std::iter::once(header.as_str())), Some(expected.as_str()));
     }
 
     #[test]

@@ -78,16 +78,25 @@ pub fn parse_cursor(field: &str, raw: &str) -> Result<i64, ApiError> {
 
 /// The `wait=N` of a `Prefer` header (RFC 7240), if any.
 fn preferred_wait(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get_all("prefer")
-        .filter_map(|v| v.to_str().ok())
+    wait_preference(
+        req.headers()
+            .get_all("prefer")
+            .filter_map(|v| v.to_str().ok()),
+    )
+}
+
+/// The first `wait=N` preference among `Prefer` header values (comma-separated lists).
+pub fn wait_preference<'a>(values: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    values
         .flat_map(|v| v.split(','))
         .filter_map(|p| p.trim().strip_prefix("wait="))
         .map(|v| v.trim().trim_matches('"'))
         .next()
 }
 
-fn parse_wait(field: &str, raw: &str) -> Result<Duration, ApiError> {
+/// Parses a wait in seconds (`25`, `0.5`); waits too long for a `Duration` become
+/// `Duration::MAX` (the caller clamps every wait to the maximum).
+pub fn parse_wait(field: &str, raw: &str) -> Result<Duration, ApiError> {
     raw.trim()
         .parse::<f64>()
         .ok()

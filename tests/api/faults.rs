@@ -32,20 +32,52 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let pg = private_cluster(dir.path()).await;
     let url = pg.database_url("herald");
-    let mut settings = test_settings();
-    settings.destinations = DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
-    settings.retry_schedule = RetrySchedule::parse("200ms,500ms,1s,1s,2s,2s,5s").unwrap();
-    settings.db_timeout = Duration::from_secs(2);
-    let app = spawn_app_on(settings, "herald".into(), url).await;
+    // Herald as a real process, as deployed.
+    let port = crate::embedded::free_port();
+    let mut herald = crate::embedded::herald()
+        .arg("serve")
+        .env("DATABASE_URL", &url)
+        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+        .env("HERALD_ALLOWED_DESTINATIONS", "127.0.0.0/8")
+        .env("HERALD_RETRY_SCHEDULE", "200ms,500ms,1s,1s,2s,2s,5s")
+        .env("HERALD_DB_TIMEOUT", "2s")
+        .env("HERALD_DB_POOL_SIZE", "8")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    crate::embedded::wait_ready(&base, &mut herald).await;
+    let client = reqwest::Client::new();
+    let metric = |name: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let text = client
+                .get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        }
+    };
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::status(200));
-    let created = app
-        .post(
-            "/v1/endpoints",
-            &json!({"url": receiver.url, "streams": ["load"]}),
-        )
-        .await;
+    let created = client
+        .post(format!("{base}/v1/endpoints"))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"url": receiver.url, "streams": ["load"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), 201);
+    let listens_before = metric("herald_listener_connects_total").await;
 
     // Publishers: record what was acknowledged, and how often Herald said 503.
     let acked: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
@@ -53,8 +85,8 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
     let stop_at = Instant::now() + Duration::from_secs(7);
     let mut publishers = Vec::new();
     for p in 0..4 {
-        let client = app.client.clone();
-        let url = format!("{}/v1/events", app.address);
+        let client = client.clone();
+        let url = format!("{base}/v1/events");
         let acked = acked.clone();
         let unavailable = unavailable.clone();
         publishers.push(tokio::spawn(async move {
@@ -96,8 +128,8 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
     // A long-poll reader that keeps going through the outage.
     let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
     let reader = {
-        let client = app.client.clone();
-        let base = app.address.clone();
+        let client = client.clone();
+        let base = base.clone();
         let seen = seen.clone();
         tokio::spawn(async move {
             let mut after = 0;
@@ -167,6 +199,11 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
         );
     }
     reader.abort();
+    // The LISTEN connection was re-established by itself.
+    assert!(
+        metric("herald_listener_connects_total").await > listens_before,
+        "the LISTEN connection reconnected after the restart"
+    );
     // ...and delivered by webhook (at least once; a few may be sent twice if their
     // attempt ended while the database was down).
     let ids: HashSet<String> = acked.iter().map(|(_, id)| id.clone()).collect();
@@ -188,7 +225,7 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    drop(app);
+    crate::embedded::terminate(&mut herald).await;
     pg.stop().await.unwrap();
 }
 
@@ -270,4 +307,64 @@ async fn a_receiver_down_then_back_gets_its_backlog_at_its_limits_without_a_retr
         most >= 2,
         "deliveries were retried while the receiver was down"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_refuses_connections_then_comes_back_gets_everything() {
+    let mut settings = test_settings();
+    settings.destinations = DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
+    settings.retry_schedule =
+        RetrySchedule::parse("500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms,500ms")
+            .unwrap();
+    let (db, url) = crate::helpers::create_database().await;
+    let app = spawn_app_on(settings, db, url).await;
+    // Nothing listens on this port yet: every attempt is a refused connection.
+    let port = crate::embedded::free_port();
+    let created = app
+        .post(
+            "/v1/endpoints",
+            &json!({"url": format!("http://127.0.0.1:{port}/hook")}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let events: Vec<Value> = (0..10)
+        .map(|i| json!({"stream": "orders", "type": "order.created", "payload": i}))
+        .collect();
+    assert_eq!(
+        app.post("/v1/events/batch", &json!({"events": events}))
+            .await
+            .status(),
+        201
+    );
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let retries = app
+        .metric("herald_webhook_outcomes_total{outcome=\"retry\"}")
+        .await;
+    // Each delivery is tried on its 500 ms schedule: about 5 times in 2.5 s, not more.
+    assert!(
+        (10..=70).contains(&retries),
+        "{retries} retries in 2.5 s for 10 deliveries"
+    );
+    let failed: Value = app
+        .get("/v1/deliveries?limit=1")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let detail: Value = app
+        .get(&format!(
+            "/v1/deliveries/{}",
+            failed["deliveries"][0]["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["attempts"][0]["error_class"], "connect");
+
+    // Back: everything arrives.
+    let receiver = Receiver::start_on(port).await;
+    receiver.wait_for(10, Duration::from_secs(10)).await;
+    app.wait_for_metric("herald_webhook_outcomes_total{outcome=\"succeeded\"}", 10)
+        .await;
 }

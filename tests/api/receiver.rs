@@ -113,6 +113,11 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<State>) ->
 impl Receiver {
     /// Starts a receiver answering 200 by default.
     pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    /// Starts a receiver on this loopback port (0: any free one).
+    pub async fn start_on(port: u16) -> Self {
         let state = Arc::new(State {
             received: Mutex::new(Vec::new()),
             script: Mutex::new(VecDeque::new()),
@@ -126,7 +131,7 @@ impl Receiver {
         })
         .workers(1)
         .disable_signals()
-        .bind("127.0.0.1:0")
+        .bind(("127.0.0.1", port))
         .unwrap();
         let port = server.addrs()[0].port();
         let server = server.run();
