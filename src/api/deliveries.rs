@@ -73,7 +73,7 @@ impl From<Delivery> for DeliveryDto {
 
 /// An attempt as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct AttemptDto {
+pub struct AttemptDto {
     id: Uuid,
     started_at: DateTime<Utc>,
     duration_ms: i32,
@@ -262,7 +262,7 @@ async fn list_deliveries(
     tag = "deliveries",
     summary = "A delivery with every attempt",
     params(("id" = uuid::Uuid, Path, description = "Delivery id")),
-    responses((status = 200, description = "The delivery; attempts is the list of attempts", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The delivery; attempts is the list of attempts", body = super::openapi::DeliveryDetail), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
 )]
 #[get("/deliveries/{id}")]
 async fn get_delivery(

@@ -30,6 +30,48 @@ pub struct Problem {
     pub earliest_after: Option<i64>,
 }
 
+/// A page of a stream (poll, long-poll).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamPage {
+    /// The events after the cursor, in seq order (none if the wait ran out).
+    pub events: Vec<super::events::EventDto>,
+    /// The cursor for the next poll: the last seq here, or the cursor given.
+    pub next_after: i64,
+}
+
+/// A delivery with its attempts (`GET /v1/deliveries/{id}`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryDetail {
+    /// Delivery id.
+    pub id: uuid::Uuid,
+    /// The event (its id is the webhook's `webhook-id`).
+    pub event_id: uuid::Uuid,
+    /// The endpoint.
+    pub endpoint_id: uuid::Uuid,
+    /// The event's stream.
+    pub stream: String,
+    /// The event's seq.
+    pub seq: i64,
+    /// The event's type.
+    pub event_type: String,
+    /// pending, delivering, succeeded or failed.
+    pub status: String,
+    /// When the next attempt is due (pending).
+    pub next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Status code of the last answer.
+    pub last_status_code: Option<i32>,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// Last changed.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    /// The bulk replay or recover that last made it due.
+    pub replay_id: Option<uuid::Uuid>,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<super::deliveries::AttemptDto>,
+}
+
 /// An event to publish.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NewEvent {

@@ -24,7 +24,18 @@ async fn every_documented_route_is_served_and_the_ui_works_offline() {
         doc["openapi"]
     );
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
-    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    for schema in [
+        "Problem",
+        "StreamPage",
+        "DeliveryDetail",
+        "EndpointDto",
+        "EventDto",
+    ] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "no {schema} schema"
+        );
+    }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
     let paths = doc["paths"].as_object().unwrap();
