@@ -213,7 +213,7 @@ struct DeliveryPageDto {
     tag = "deliveries",
     summary = "The webhook log, newest first",
     params(("status" = Option<String>, Query, description = "pending, delivering, succeeded or failed"), ("endpoint_id" = Option<uuid::Uuid>, Query, description = "Endpoint"), ("event_type" = Option<String>, Query, description = "Event type"), ("stream" = Option<String>, Query, description = "Stream"), ("status_code" = Option<i32>, Query, description = "Last response status"), ("since" = Option<String>, Query, description = "Created at or after (RFC 3339)"), ("until" = Option<String>, Query, description = "Created before (RFC 3339)"), ("replay_id" = Option<uuid::Uuid>, Query, description = "Made due by this bulk replay or recover"), ("limit" = Option<i64>, Query, description = "1-500, default 50"), ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, description = "A page", body = DeliveryPageDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A bad filter", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "A page", body = DeliveryPageDto), super::openapi::AuthErrors, (status = 422, description = "A bad filter", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/deliveries")]
 async fn list_deliveries(
@@ -262,7 +262,7 @@ async fn list_deliveries(
     tag = "deliveries",
     summary = "A delivery with every attempt",
     params(("id" = uuid::Uuid, Path, description = "Delivery id")),
-    responses((status = 200, description = "The delivery; attempts is the list of attempts", body = super::openapi::DeliveryDetail), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The delivery; attempts is the list of attempts", body = super::openapi::DeliveryDetail), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/deliveries/{id}")]
 async fn get_delivery(
@@ -296,7 +296,7 @@ async fn get_delivery(
     tag = "deliveries",
     summary = "Attempt a delivery again now",
     params(("id" = uuid::Uuid, Path, description = "Delivery id")),
-    responses((status = 202, description = "Due now", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Being attempted right now", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 202, description = "Due now", body = Object), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Being attempted right now", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/deliveries/{id}/replay")]
 async fn replay_delivery(
@@ -337,7 +337,7 @@ const FILTER_FIELDS: [&str; 8] = [
     tag = "deliveries",
     summary = "Replay every delivery matching a filter (or count them)",
     request_body(content = super::openapi::BulkReplay, content_type = "application/json"),
-    responses((status = 202, description = "Replayed: {replayed, replay_id}", body = Object), (status = 200, description = "dry_run: {replayed: 0, matched}", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 202, description = "Replayed: {replayed, replay_id}", body = Object), (status = 200, description = "dry_run: {replayed: 0, matched}", body = Object), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/deliveries/replay")]
 async fn replay_deliveries(
@@ -436,7 +436,7 @@ struct ReplayDto {
     tag = "deliveries",
     summary = "A bulk replay or recover, with progress",
     params(("id" = uuid::Uuid, Path, description = "Replay id")),
-    responses((status = 200, description = "Progress by status", body = ReplayDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such replay", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Progress by status", body = ReplayDto), super::openapi::AuthErrors, (status = 404, description = "No such replay", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/replays/{id}")]
 async fn get_replay(
@@ -492,7 +492,7 @@ const CHANGES_THROTTLE: std::time::Duration = std::time::Duration::from_millis(2
 #[utoipa::path(
     tag = "deliveries",
     summary = "SSE: says when deliveries changed (event: ready, then event: changed)",
-    responses((status = 200, description = "text/event-stream", body = String, content_type = "text/event-stream"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "text/event-stream", body = String, content_type = "text/event-stream"), super::openapi::AuthErrors),
 )]
 #[get("/deliveries/changes")]
 async fn delivery_changes(

@@ -208,7 +208,7 @@ fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
     tag = "endpoints",
     summary = "Create a webhook endpoint (its secret is shown once)",
     request_body(content = super::openapi::EndpointInput, content_type = "application/json"),
-    responses((status = 201, description = "Created, with its signing secret", body = EndpointDto), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Created, with its signing secret", body = EndpointDto), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/endpoints")]
 async fn create_endpoint(
@@ -266,7 +266,7 @@ struct EndpointListDto {
 #[utoipa::path(
     tag = "endpoints",
     summary = "Every endpoint",
-    responses((status = 200, description = "The endpoints", body = EndpointListDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The endpoints", body = EndpointListDto), super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[get("/endpoints")]
 async fn list_endpoints(
@@ -288,7 +288,7 @@ async fn list_endpoints(
     tag = "endpoints",
     summary = "One endpoint",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    responses((status = 200, description = "The endpoint", body = EndpointDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The endpoint", body = EndpointDto), super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/endpoints/{id}")]
 async fn get_endpoint(
@@ -311,7 +311,7 @@ async fn get_endpoint(
     summary = "Change an endpoint (also enable/disable)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = super::openapi::EndpointInput, content_type = "application/json"),
-    responses((status = 200, description = "Changed", body = EndpointDto), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Changed", body = EndpointDto), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[patch("/endpoints/{id}")]
 async fn update_endpoint(
@@ -356,7 +356,7 @@ async fn update_endpoint(
     tag = "endpoints",
     summary = "Delete an endpoint (its deliveries stay, failed)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    responses((status = 204, description = "Deleted"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Deleted"), super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[delete("/endpoints/{id}")]
 async fn delete_endpoint(
@@ -393,7 +393,7 @@ struct RotatedDto {
     tag = "endpoints",
     summary = "New signing secret; the old one verifies for 24 h more",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    responses((status = 200, description = "The new secret (shown once)", body = RotatedDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The new secret (shown once)", body = RotatedDto), super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/rotate-secret")]
 async fn rotate_endpoint_secret(
@@ -453,7 +453,7 @@ async fn rotate_endpoint_secret(
     summary = "Send the endpoint every event of a window it has not received",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = super::openapi::RecoverWindow, content_type = "application/json"),
-    responses((status = 202, description = "{recovered, replay_id}", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 202, description = "{recovered, replay_id}", body = Object), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/recover")]
 async fn recover_endpoint(
@@ -522,7 +522,7 @@ pub const TEST_EVENT_TYPE: &str = "herald.test";
     summary = "Send the endpoint a test event (herald:test stream, to it only)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = super::openapi::TestEvent, content_type = "application/json"),
-    responses((status = 202, description = "{event_id, delivery_id, stream}", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 202, description = "{event_id, delivery_id, stream}", body = Object), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/test")]
 async fn send_test_event(

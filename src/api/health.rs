@@ -27,7 +27,7 @@ async fn get_healthz() -> HttpResponse {
 #[utoipa::path(
     tag = "operations",
     summary = "The database can be reached",
-    responses((status = 200, description = "Ready", body = Object), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Ready", body = Object), super::openapi::Unavailable),
     security(()),
 )]
 #[get("/readyz")]

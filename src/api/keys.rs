@@ -93,7 +93,7 @@ pub fn parse_grant(role: &str, prefixes: &[String]) -> Result<(Role, Vec<String>
     tag = "keys",
     summary = "Create an API key (shown once)",
     request_body(content = super::openapi::NewKey, content_type = "application/json"),
-    responses((status = 201, description = "The key, with its secret this once", body = CreatedKeyDto), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "The key, with its secret this once", body = CreatedKeyDto), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/keys")]
 async fn create_key(
@@ -132,7 +132,7 @@ struct KeyListDto {
 #[utoipa::path(
     tag = "keys",
     summary = "Every API key (never their secrets)",
-    responses((status = 200, description = "The keys", body = KeyListDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The keys", body = KeyListDto), super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[get("/keys")]
 async fn list_keys(
@@ -151,7 +151,7 @@ async fn list_keys(
     tag = "keys",
     summary = "Delete an API key",
     params(("id" = uuid::Uuid, Path, description = "Key id")),
-    responses((status = 204, description = "Deleted"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "No such key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The last admin key cannot be deleted", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Deleted"), super::openapi::AuthErrors, (status = 404, description = "No such key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The last admin key cannot be deleted", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[delete("/keys/{id}")]
 async fn delete_key(

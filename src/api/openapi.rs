@@ -30,6 +30,77 @@ pub struct Problem {
     pub earliest_after: Option<i64>,
 }
 
+/// What any route that reads a JSON body may answer when the body is wrong.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum BodyErrors {
+    /// Malformed JSON.
+    #[response(
+        status = 400,
+        description = "Malformed JSON",
+        content_type = "application/problem+json"
+    )]
+    Malformed(Problem),
+    /// Too slow.
+    #[response(
+        status = 408,
+        description = "The body did not arrive within HERALD_BODY_TIMEOUT",
+        content_type = "application/problem+json"
+    )]
+    Timeout(Problem),
+    /// Too large.
+    #[response(
+        status = 413,
+        description = "Body too large",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(Problem),
+    /// Not JSON.
+    #[response(
+        status = 415,
+        description = "Not application/json",
+        content_type = "application/problem+json"
+    )]
+    MediaType(Problem),
+    /// A bad field.
+    #[response(
+        status = 422,
+        description = "A field is invalid (see `field`)",
+        content_type = "application/problem+json"
+    )]
+    Invalid(Problem),
+}
+
+/// What any authenticated route may answer to the wrong caller.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum AuthErrors {
+    /// No key or session.
+    #[response(
+        status = 401,
+        description = "No or unknown key or session",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(Problem),
+    /// Not allowed.
+    #[response(
+        status = 403,
+        description = "The key may not do this, or the CSRF token is missing",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(Problem),
+}
+
+/// What any route that needs the database may answer when it cannot have it.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum Unavailable {
+    /// Database unreachable, or shutting down.
+    #[response(
+        status = 503,
+        description = "The database is unreachable or Herald is shutting down; retry (Retry-After)",
+        content_type = "application/problem+json"
+    )]
+    Unavailable(Problem),
+}
+
 /// A page of a stream (poll, long-poll).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct StreamPage {

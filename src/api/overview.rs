@@ -18,7 +18,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[utoipa::path(
     tag = "deliveries",
     summary = "Deliveries by status, the backlog and endpoint health",
-    responses((status = 200, description = "The overview", body = Object), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The overview", body = Object), super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[get("/overview")]
 async fn get_overview(

@@ -133,7 +133,7 @@ fn session_cookie(req: &HttpRequest, value: String, max_age: Duration) -> Cookie
     tag = "console",
     summary = "Sign in to the console with an admin key",
     request_body(content = super::openapi::SignIn, content_type = "application/json"),
-    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = Object), (status = 400, description = "Malformed JSON", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 408, description = "The body did not arrive within HERALD_BODY_TIMEOUT", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 413, description = "Body too large", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 415, description = "Not application/json", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "A field is invalid (see `field`)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = Object), super::openapi::BodyErrors, (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
     security(()),
 )]
 #[post("/sessions")]
@@ -199,7 +199,7 @@ async fn create_session(
 #[utoipa::path(
     tag = "console",
     summary = "The current session and its CSRF token",
-    responses((status = 200, description = "The session", body = Object), (status = 401, description = "Not signed in", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The session", body = Object), (status = 401, description = "Not signed in", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/sessions/current")]
 async fn get_session(
@@ -226,7 +226,7 @@ async fn get_session(
 #[utoipa::path(
     tag = "console",
     summary = "Sign out",
-    responses((status = 204, description = "Signed out; cookie cleared"), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Signed out; cookie cleared"), super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[delete("/sessions/current")]
 async fn delete_session(

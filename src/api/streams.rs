@@ -254,7 +254,7 @@ pub fn unavailable(detail: &str) -> ApiError {
     tag = "streams",
     summary = "Poll or long-poll a stream",
     params(("stream" = String, Path, description = "Stream name"), ("after" = Option<i64>, Query, description = "Cursor: the last seq seen (default 0)"), ("limit" = Option<i64>, Query, description = "At most this many events (1-1000, default 100)"), ("wait" = Option<String>, Query, description = "Hold up to this long for events, e.g. 25s (or Prefer: wait=25)"), ("Prefer" = Option<String>, Header, description = "wait=<seconds>")),
-    responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = super::openapi::StreamPage), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = super::openapi::StreamPage), super::openapi::AuthErrors, (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/streams/{stream:.+}/events")]
 async fn list_stream_events(
@@ -383,7 +383,7 @@ struct StreamDto {
     tag = "streams",
     summary = "A stream's bounds",
     params(("stream" = String, Path, description = "Stream name")),
-    responses((status = 200, description = "Bounds and last seq", body = StreamDto), (status = 401, description = "No or unknown key or session", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "The key may not do this, or the CSRF token is missing", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 503, description = "The database is unreachable or Herald is shutting down; retry (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Bounds and last seq", body = StreamDto), super::openapi::AuthErrors, (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/streams/{stream:.+}")]
 async fn get_stream(

@@ -14,6 +14,27 @@ use crate::receiver::{Receiver, Reply};
 const EVENTS: usize = 5000;
 const REPLY_DELAY: Duration = Duration::from_millis(50);
 
+/// No webhook-id was being sent twice at the same time: every receiver answer takes
+/// `REPLY_DELAY`, so two starts of one id closer than that overlapped.
+fn assert_never_sent_twice_at_once(requests: &[crate::receiver::Received]) {
+    let mut starts: HashMap<&str, Vec<Instant>> = HashMap::new();
+    for r in requests {
+        starts
+            .entry(r.headers["webhook-id"].as_str())
+            .or_default()
+            .push(r.at);
+    }
+    for (id, mut at) in starts {
+        at.sort_unstable();
+        for pair in at.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= REPLY_DELAY,
+                "{id} was sent twice concurrently"
+            );
+        }
+    }
+}
+
 fn start_herald(database_url: &str, port: u16) -> Child {
     let mut cmd = herald();
     cmd.arg("serve")
@@ -79,7 +100,7 @@ async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
     wait_ready(&format!("http://127.0.0.1:{port_c}"), &mut c).await;
 
     let deadline = Instant::now() + Duration::from_secs(90);
-    let requests = loop {
+    loop {
         let got = receiver.received();
         let mut ids: Vec<&str> = got
             .iter()
@@ -88,7 +109,7 @@ async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
         ids.sort_unstable();
         ids.dedup();
         if ids.len() == EVENTS {
-            break got;
+            break;
         }
         assert!(
             Instant::now() < deadline,
@@ -96,51 +117,31 @@ async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
             ids.len()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    let _ = b.kill().await;
-    let _ = c.kill().await;
-
-    // No webhook-id was being sent twice at the same time.
-    let mut starts: HashMap<&str, Vec<Instant>> = HashMap::new();
-    for r in &requests {
-        starts
-            .entry(r.headers["webhook-id"].as_str())
-            .or_default()
-            .push(r.at);
     }
-    for (id, mut at) in starts {
-        at.sort_unstable();
-        for pair in at.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= REPLY_DELAY,
-                "{id} was sent twice concurrently"
-            );
-        }
-    }
+    // Attempts cut off by the kill (received, never recorded) are retried when their
+    // lease ends (the 1 s timeout plus 5 s after they were claimed): with the two
+    // instances still running, every delivery ends succeeded.
     let db = app.db().await;
-    let not_done: i64 = db
-        .query_one(
+    let unfinished = || async {
+        db.query_one(
             "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'",
             &[],
         )
         .await
         .unwrap()
-        .get(0);
-    // Attempts cut off by the kill are retried when their lease ends; by now all succeeded.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut not_done = not_done;
+        .get::<_, i64>(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut not_done = unfinished().await;
     while not_done > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        not_done = db
-            .query_one(
-                "SELECT count(*) FROM deliveries WHERE status <> 'succeeded'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        not_done = unfinished().await;
     }
     assert_eq!(not_done, 0, "every delivery ended succeeded");
+    let _ = b.kill().await;
+    let _ = c.kill().await;
+    let requests = receiver.received();
+    assert_never_sent_twice_at_once(&requests);
     assert!(requests.len() >= EVENTS);
     println!(
         "{} requests for {EVENTS} events ({} before the kill); unfinished rows: {not_done}",
@@ -278,22 +279,7 @@ async fn three_instances_under_load_and_a_sigterm_deliver_everything_never_twice
     for mut child in instances {
         let _ = child.kill().await;
     }
-    let mut starts: HashMap<&str, Vec<Instant>> = HashMap::new();
-    for r in &requests {
-        starts
-            .entry(r.headers["webhook-id"].as_str())
-            .or_default()
-            .push(r.at);
-    }
-    for (id, mut at) in starts {
-        at.sort_unstable();
-        for pair in at.windows(2) {
-            assert!(
-                pair[1] - pair[0] >= REPLY_DELAY,
-                "{id} was sent twice concurrently"
-            );
-        }
-    }
+    assert_never_sent_twice_at_once(&requests);
     println!(
         "{} events over three instances, {} requests",
         acked.len(),

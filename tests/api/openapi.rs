@@ -38,6 +38,17 @@ async fn every_documented_route_is_served_and_the_ui_works_offline() {
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 
+    let publish = &doc["paths"]["/v1/events"]["post"]["responses"];
+    for status in [
+        "201", "400", "401", "403", "408", "413", "415", "422", "503",
+    ] {
+        assert!(
+            publish[status].is_object(),
+            "POST /v1/events documents {status}: {publish}"
+        );
+    }
+    assert!(publish["422"]["content"]["application/problem+json"].is_object());
+
     let paths = doc["paths"].as_object().unwrap();
     let mut operations = 0;
     for (path, item) in paths {
