@@ -296,7 +296,7 @@ async fn get_delivery(
     tag = "deliveries",
     summary = "Attempt a delivery again now",
     params(("id" = uuid::Uuid, Path, description = "Delivery id")),
-    responses((status = 202, description = "Due now", body = Object), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Being attempted right now", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "Due now", body = super::openapi::ReplayRequested), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Being attempted right now", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/deliveries/{id}/replay")]
 async fn replay_delivery(
@@ -337,7 +337,7 @@ const FILTER_FIELDS: [&str; 8] = [
     tag = "deliveries",
     summary = "Replay every delivery matching a filter (or count them)",
     request_body(content = super::openapi::BulkReplay, content_type = "application/json"),
-    responses((status = 202, description = "Replayed: {replayed, replay_id}", body = Object), (status = 200, description = "dry_run: {replayed: 0, matched}", body = Object), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
+    responses((status = 202, description = "Replayed: {replayed, replay_id}", body = super::openapi::BulkReplayed), (status = 200, description = "dry_run: how many match", body = super::openapi::BulkReplayPreview), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/deliveries/replay")]
 async fn replay_deliveries(

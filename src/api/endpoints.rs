@@ -453,7 +453,7 @@ async fn rotate_endpoint_secret(
     summary = "Send the endpoint every event of a window it has not received",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = super::openapi::RecoverWindow, content_type = "application/json"),
-    responses((status = 202, description = "{recovered, replay_id}", body = Object), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "{recovered, replay_id}", body = super::openapi::Recovered), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/recover")]
 async fn recover_endpoint(
@@ -522,7 +522,7 @@ pub const TEST_EVENT_TYPE: &str = "herald.test";
     summary = "Send the endpoint a test event (herald:test stream, to it only)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = super::openapi::TestEvent, content_type = "application/json"),
-    responses((status = 202, description = "{event_id, delivery_id, stream}", body = Object), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "{event_id, delivery_id, stream}", body = super::openapi::TestEventSent), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/test")]
 async fn send_test_event(

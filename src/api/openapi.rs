@@ -143,6 +143,139 @@ pub struct DeliveryDetail {
     pub attempts: Vec<super::deliveries::AttemptDto>,
 }
 
+/// `202` to a single replay.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayRequested {
+    /// The delivery.
+    pub id: uuid::Uuid,
+    /// `pending`: due now.
+    pub status: String,
+}
+
+/// `202` to a bulk replay.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkReplayed {
+    /// How many deliveries were made due.
+    pub replayed: i64,
+    /// Follow it at `GET /v1/replays/{replay_id}`.
+    pub replay_id: uuid::Uuid,
+}
+
+/// `200` to a bulk replay's dry run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkReplayPreview {
+    /// Always 0.
+    pub replayed: i64,
+    /// How many deliveries match (not counting those in flight).
+    pub matched: i64,
+}
+
+/// `202` to a recover.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Recovered {
+    /// How many deliveries were made due or created.
+    pub recovered: i64,
+    /// Follow it at `GET /v1/replays/{replay_id}`.
+    pub replay_id: uuid::Uuid,
+}
+
+/// `202` to a test event.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TestEventSent {
+    /// The stored event.
+    pub event_id: uuid::Uuid,
+    /// Its one delivery: follow it at `GET /v1/deliveries/{delivery_id}`.
+    pub delivery_id: uuid::Uuid,
+    /// `herald:test`.
+    pub stream: String,
+}
+
+/// A console session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Session {
+    /// The admin key it was made with.
+    pub key_id: uuid::Uuid,
+    /// That key's public prefix (`GET` only).
+    pub key_prefix: Option<String>,
+    /// Send it as `X-CSRF-Token` on every state-changing request.
+    pub csrf_token: String,
+    /// When the session ends.
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Deliveries by status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusCounts {
+    /// Pending.
+    pub pending: i64,
+    /// Being attempted.
+    pub delivering: i64,
+    /// Succeeded.
+    pub succeeded: i64,
+    /// Failed for good.
+    pub failed: i64,
+}
+
+/// Deliveries created in the last hour and day, by their status now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverviewDeliveries {
+    /// Last hour.
+    pub last_hour: StatusCounts,
+    /// Last 24 hours.
+    pub last_day: StatusCounts,
+}
+
+/// The webhook queue now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverviewBacklog {
+    /// Pending deliveries whose time has come.
+    pub due: i64,
+    /// Pending, including those waiting for a retry.
+    pub pending: i64,
+    /// Being attempted.
+    pub delivering: i64,
+    /// How long the oldest due delivery has waited.
+    pub oldest_due_age_seconds: Option<f64>,
+}
+
+/// One endpoint's health.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EndpointHealth {
+    /// Endpoint id.
+    pub id: uuid::Uuid,
+    /// Its URL.
+    pub url: String,
+    /// Whether it receives anything.
+    pub enabled: bool,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
+    /// Failing since (no success since then).
+    pub failing_since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Its last success.
+    pub last_success_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Deliveries created in the last 24 h that succeeded.
+    pub succeeded_24h: i64,
+    /// ... that failed for good.
+    pub failed_24h: i64,
+    /// succeeded / (succeeded + failed), if any finished.
+    pub success_rate_24h: Option<f64>,
+    /// Deliveries pending or in flight.
+    pub backlog: i64,
+    /// The last error recorded for it.
+    pub last_error: Option<String>,
+}
+
+/// `GET /v1/overview`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Overview {
+    /// Deliveries by status.
+    pub deliveries: OverviewDeliveries,
+    /// The queue.
+    pub backlog: OverviewBacklog,
+    /// Every endpoint's health.
+    pub endpoints: Vec<EndpointHealth>,
+}
+
 /// An event to publish.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NewEvent {

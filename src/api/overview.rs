@@ -18,7 +18,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[utoipa::path(
     tag = "deliveries",
     summary = "Deliveries by status, the backlog and endpoint health",
-    responses((status = 200, description = "The overview", body = Object), super::openapi::AuthErrors, super::openapi::Unavailable),
+    responses((status = 200, description = "The overview", body = super::openapi::Overview), super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[get("/overview")]
 async fn get_overview(

@@ -133,7 +133,7 @@ fn session_cookie(req: &HttpRequest, value: String, max_age: Duration) -> Cookie
     tag = "console",
     summary = "Sign in to the console with an admin key",
     request_body(content = super::openapi::SignIn, content_type = "application/json"),
-    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = Object), super::openapi::BodyErrors, (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = super::openapi::Session), super::openapi::BodyErrors, (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
     security(()),
 )]
 #[post("/sessions")]
@@ -199,7 +199,7 @@ async fn create_session(
 #[utoipa::path(
     tag = "console",
     summary = "The current session and its CSRF token",
-    responses((status = 200, description = "The session", body = Object), (status = 401, description = "Not signed in", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "The session", body = super::openapi::Session), (status = 401, description = "Not signed in", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/sessions/current")]
 async fn get_session(

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -198,9 +200,62 @@ async fn three_instances_under_load_and_a_sigterm_deliver_everything_never_twice
     let mut terminated = false;
     while Instant::now() < stop_at {
         if !terminated && Instant::now() >= sigterm_at {
-            // SIGTERM mid-load: attempts in flight on it finish or are retried elsewhere.
+            // SIGTERM mid-load, with publishes to it in flight: each is either applied
+            // and acknowledged, or refused (503 or a closed connection) and not applied.
+            let stop_publishing = Arc::new(AtomicBool::new(false));
+            let publishers: Vec<_> = (0..8)
+                .map(|p| {
+                    let client = client.clone();
+                    let url = format!("{}/v1/events/batch", bases[2]);
+                    let stop = stop_publishing.clone();
+                    tokio::spawn(async move {
+                        let mut acked = Vec::new();
+                        let mut refused = 0;
+                        let mut n = 0;
+                        while !stop.load(Ordering::Relaxed) {
+                            n += 1;
+                            let events: Vec<Value> = (0..50)
+                                .map(|i| json!({"stream": format!("c{p}"), "type": "t", "payload": [n, i]}))
+                                .collect();
+                            let answer = client
+                                .post(&url)
+                                .bearer_auth(ADMIN_KEY)
+                                .json(&json!({"events": events}))
+                                .send()
+                                .await;
+                            match answer {
+                                Ok(r) if r.status() == 201 => {
+                                    let page: Value = r.json().await.unwrap();
+                                    acked.extend(page["events"].as_array().unwrap().iter().map(
+                                        |e| e["id"].as_str().unwrap().to_owned(),
+                                    ));
+                                }
+                                Ok(r) => {
+                                    assert_eq!(r.status(), 503, "refused while stopping");
+                                    refused += 1;
+                                    break;
+                                }
+                                Err(_) => {
+                                    refused += 1;
+                                    break;
+                                }
+                            }
+                        }
+                        (acked, refused)
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(200)).await;
             let mut third = instances.pop().unwrap();
             crate::embedded::terminate(&mut third).await;
+            stop_publishing.store(true, Ordering::Relaxed);
+            let mut refused = 0;
+            for publisher in publishers {
+                let (ids, r) = publisher.await.unwrap();
+                acked.extend(ids);
+                refused += r;
+            }
+            assert!(refused > 0, "publishers were still sending when it stopped");
             terminated = true;
             let (status, body, took) = held.await.unwrap();
             assert_eq!(status, 200);
