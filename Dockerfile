@@ -17,8 +17,9 @@ COPY --from=build /src/target/release/herald /usr/local/bin/herald
 USER herald
 ENV HERALD_LISTEN=0.0.0.0:8080
 EXPOSE 8080
-# Ready = /readyz answers 200 (bash's /dev/tcp: the image needs no HTTP client).
+# Ready = /readyz answers 200 on the port HERALD_LISTEN names (bash's /dev/tcp: the image
+# needs no HTTP client).
 HEALTHCHECK --interval=10s --timeout=3s \
-  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/8080 && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
+  CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${HERALD_LISTEN##*:} && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n1 <&3 | grep -q ' 200 '"]
 ENTRYPOINT ["herald"]
 CMD ["serve"]

@@ -206,3 +206,51 @@ async fn shutdown_ends_sse_streams() {
     assert_eq!(reader.next_event(Duration::from_secs(5)).await, None);
     assert!(reader.ended);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_event_id_older_than_retention_gets_410_with_where_to_resume() {
+    let app = spawn_app().await;
+    for i in 1..=3 {
+        app.publish("s", "t", json!(i)).await;
+    }
+    // Events 1 and 2 are two hours old; retention is one hour.
+    let db = app.db().await;
+    let old = {
+        let then = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            - Duration::from_secs(7200);
+        uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            then.as_secs(),
+            0,
+        ))
+    };
+    for seq in 1..=2_i64 {
+        let id = uuid::Uuid::from_u128(old.as_u128() + seq as u128).to_string();
+        db.execute(
+            "UPDATE events SET id = $1::text::uuid WHERE stream = 's' AND seq = $2",
+            &[&id, &seq],
+        )
+        .await
+        .unwrap();
+    }
+    let pool = herald::db::build_pool(&app.database_url, 2, Duration::from_secs(5)).unwrap();
+    let purged = herald::retention::purge_once(
+        &pool,
+        Duration::from_secs(3600),
+        &herald::metrics::Metrics::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(purged, 2);
+
+    let expired = open(&app, "/v1/streams/s/sse", Some(0)).await;
+    let problem = assert_problem(expired, 410, "cursor-expired").await;
+    assert_eq!(problem["earliest_after"], 2);
+    let resumed = open(&app, "/v1/streams/s/sse", Some(2)).await;
+    assert_eq!(resumed.status(), 200);
+    let mut events = SseReader::new(resumed);
+    let first = events.next_event(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.id, 3);
+}
