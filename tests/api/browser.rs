@@ -24,17 +24,20 @@ pub struct Browser {
     pub client: Client,
     /// The Herald it talks to (`http://127.0.0.1:<port>`).
     pub base: String,
-    driver: Child,
+    _driver: Driver,
     _profile: tempfile::TempDir,
 }
 
-impl Drop for Browser {
+/// ChromeDriver's process group, killed (with the Chromium it started) when dropped, also
+/// when a test panics before its browser was ready.
+struct Driver(Child);
+
+impl Drop for Driver {
     fn drop(&mut self) {
-        // The whole group: ChromeDriver and the Chromium it started.
         let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .args(["-KILL", "--", &format!("-{}", self.0.id())])
             .status();
-        let _ = self.driver.wait();
+        let _ = self.0.wait();
     }
 }
 
@@ -85,15 +88,17 @@ impl Browser {
             );
         }
         let port = free_port();
-        let driver = std::os::unix::process::CommandExt::process_group(
-            Command::new(&chromedriver)
-                .arg(format!("--port={port}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-            0,
-        )
-        .spawn()
-        .expect("start chromedriver");
+        let driver = Driver(
+            std::os::unix::process::CommandExt::process_group(
+                Command::new(&chromedriver)
+                    .arg(format!("--port={port}"))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+                0,
+            )
+            .spawn()
+            .expect("start chromedriver"),
+        );
         let profile = tempfile::tempdir().unwrap();
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
@@ -135,7 +140,7 @@ impl Browser {
         Self {
             client,
             base: base.to_owned(),
-            driver,
+            _driver: driver,
             _profile: profile,
         }
     }
