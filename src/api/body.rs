@@ -8,6 +8,15 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// Whether the request has a body at all, for routes whose body is optional: a non-zero
+/// `Content-Length`, or a chunked one.
+pub fn has_body(req: &HttpRequest) -> bool {
+    match req.headers().get(header::CONTENT_LENGTH) {
+        Some(length) => length.as_bytes() != b"0",
+        None => req.headers().contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
 /// The body timeout when no settings are at hand.
 const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -147,59 +147,54 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     ))
 }
 
+/// A query value, parsed if present and not empty.
+fn optional<T>(
+    raw: &Option<String>,
+    parse: impl FnOnce(&str) -> Result<T, ApiError>,
+) -> Result<Option<T>, ApiError> {
+    raw.as_deref()
+        .filter(|s| !s.is_empty())
+        .map(parse)
+        .transpose()
+}
+
 fn parse_filter(query: &ListQuery) -> Result<DeliveryFilter, ApiError> {
-    let present = |v: &Option<String>| v.clone().filter(|s| !s.is_empty());
-    let status = present(&query.status);
-    if let Some(s) = &status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::invalid(
-            "status",
-            format!("must be one of {}", STATUSES.join(", ")),
-        ));
-    }
+    let id = |field: &'static str, what: &'static str| {
+        move |raw: &str| {
+            Uuid::parse_str(raw).map_err(|_| ApiError::invalid(field, format!("must be {what}")))
+        }
+    };
     Ok(DeliveryFilter {
-        status,
-        endpoint_id: present(&query.endpoint_id)
-            .map(|raw| {
-                Uuid::parse_str(&raw)
-                    .map_err(|_| ApiError::invalid("endpoint_id", "must be an endpoint id"))
-            })
-            .transpose()?,
-        event_type: present(&query.event_type)
-            .map(|raw| {
-                EventType::parse(&raw)
-                    .map(EventType::into_inner)
-                    .map_err(|d| ApiError::invalid("event_type", d))
-            })
-            .transpose()?,
-        stream: present(&query.stream)
-            .map(|raw| {
-                StreamName::parse(&raw)
-                    .map(StreamName::into_inner)
-                    .map_err(|d| ApiError::invalid("stream", d))
-            })
-            .transpose()?,
-        status_code: present(&query.status_code)
-            .map(|raw| {
-                raw.parse::<i32>()
-                    .ok()
-                    .filter(|c| (100..=599).contains(c))
-                    .ok_or_else(|| ApiError::invalid("status_code", "must be an HTTP status code"))
-            })
-            .transpose()?,
-        since: present(&query.since)
-            .map(|raw| parse_time("since", &raw))
-            .transpose()?,
-        until: present(&query.until)
-            .map(|raw| parse_time("until", &raw))
-            .transpose()?,
-        replay_id: present(&query.replay_id)
-            .map(|raw| {
-                Uuid::parse_str(&raw)
-                    .map_err(|_| ApiError::invalid("replay_id", "must be a replay id"))
-            })
-            .transpose()?,
+        status: optional(&query.status, |raw| {
+            if STATUSES.contains(&raw) {
+                Ok(raw.to_owned())
+            } else {
+                Err(ApiError::invalid(
+                    "status",
+                    format!("must be one of {}", STATUSES.join(", ")),
+                ))
+            }
+        })?,
+        endpoint_id: optional(&query.endpoint_id, id("endpoint_id", "an endpoint id"))?,
+        event_type: optional(&query.event_type, |raw| {
+            EventType::parse(raw)
+                .map(EventType::into_inner)
+                .map_err(|d| ApiError::invalid("event_type", d))
+        })?,
+        stream: optional(&query.stream, |raw| {
+            StreamName::parse(raw)
+                .map(StreamName::into_inner)
+                .map_err(|d| ApiError::invalid("stream", d))
+        })?,
+        status_code: optional(&query.status_code, |raw| {
+            raw.parse::<i32>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+                .ok_or_else(|| ApiError::invalid("status_code", "must be an HTTP status code"))
+        })?,
+        since: optional(&query.since, |raw| parse_time("since", raw))?,
+        until: optional(&query.until, |raw| parse_time("until", raw))?,
+        replay_id: optional(&query.replay_id, id("replay_id", "a replay id"))?,
     })
 }
 
@@ -397,14 +392,7 @@ async fn replay_deliveries(
         let matched = delivery::count_replayable(&mut conn, &filter).await?;
         return Ok(HttpResponse::Ok().json(serde_json::json!({"replayed": 0, "matched": matched})));
     }
-    let replay = Replay {
-        id: Uuid::now_v7(),
-        kind: "filter".into(),
-        criteria: Value::Object(raw.clone()),
-        requested_by: principal.key_id,
-        total: 0,
-        created_at: Utc::now(),
-    };
+    let replay = Replay::new("filter", Value::Object(raw.clone()), principal.key_id);
     let replay_id = replay.id;
     let replayed = delivery::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
     if replayed > 0 {

@@ -407,12 +407,7 @@ async fn rotate_endpoint_secret(
     let id = endpoint_id(&path)?;
     crate::telemetry::record_id("endpoint_id", id);
     // The body is optional: `{"grace": "1h"}` shortens or lengthens the overlap.
-    let has_body = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v != "0");
-    let grace = if has_body {
+    let grace = if super::body::has_body(&req) {
         let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
         let fields = Fields::new(body, &["grace"])?;
         match fields.string("grace")? {
@@ -488,18 +483,12 @@ async fn recover_endpoint(
             "the endpoint is disabled; enable it before recovering its events".into(),
         ));
     }
-    let replay = delivery::Replay {
-        id: Uuid::now_v7(),
-        kind: "recover".into(),
-        criteria: serde_json::json!({
-            "endpoint_id": id,
-            "since": since.to_rfc3339(),
-            "until": until.to_rfc3339(),
-        }),
-        requested_by: principal.key_id,
-        total: 0,
-        created_at: Utc::now(),
-    };
+    let criteria = serde_json::json!({
+        "endpoint_id": id,
+        "since": since.to_rfc3339(),
+        "until": until.to_rfc3339(),
+    });
+    let replay = delivery::Replay::new("recover", criteria, principal.key_id);
     let replay_id = replay.id;
     let recovered = delivery::recover(&mut conn, id, since, until, replay).await?;
     if recovered > 0 {
@@ -535,17 +524,7 @@ async fn send_test_event(
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
     crate::telemetry::record_id("endpoint_id", id);
-    let has_body = req
-        .headers()
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .is_none_or(|v| v.as_bytes() != b"0")
-        && (req
-            .headers()
-            .contains_key(actix_web::http::header::CONTENT_LENGTH)
-            || req
-                .headers()
-                .contains_key(actix_web::http::header::TRANSFER_ENCODING));
-    let (event_type, payload) = if has_body {
+    let (event_type, payload) = if super::body::has_body(&req) {
         let (body, _) = read_json::<Value>(&req, body, 64 * 1024, "64 KiB").await?;
         let fields = Fields::new(body, &["event_type", "payload"])?;
         let event_type = fields

@@ -41,14 +41,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The browser's `GetLog` command (ChromeDriver's `se/log`), for console errors.
 #[derive(Debug)]
 struct GetLog;
@@ -87,7 +79,7 @@ impl Browser {
                  chromium-driver (apt-get install chromium chromium-driver), as .ci/run installs"
             );
         }
-        let port = free_port();
+        let port = crate::embedded::free_port();
         let driver = Driver(
             std::os::unix::process::CommandExt::process_group(
                 Command::new(&chromedriver)

@@ -48,6 +48,20 @@ async fn sign_in(browser: &Browser) {
         .await;
 }
 
+/// Confirms the open dialog, waits for the replay (or recover) progress to reach done,
+/// and checks its summary.
+async fn confirm_and_wait_for_replay(browser: &Browser, summary: &str) {
+    browser.click("dialog.confirm button[value=confirm]").await;
+    browser
+        .wait_until(
+            "the replay to finish",
+            "document.querySelector('#replay-progress[data-done=true]')",
+        )
+        .await;
+    let progress = browser.text("#replay-progress").await;
+    assert!(progress.contains(summary), "{progress}");
+}
+
 async fn receiver_count(receiver: &Receiver, event_type: &str) -> usize {
     receiver
         .received()
@@ -215,19 +229,7 @@ async fn an_operator_finds_a_failed_delivery_sees_why_and_replays_it() {
     let dialog = browser.text("dialog.confirm").await;
     assert!(dialog.contains("Replay 1 delivery?"), "{dialog}");
     browser.screenshot("bulk-replay-confirm").await;
-    browser.click("dialog.confirm button[value=confirm]").await;
-    browser
-        .wait_until(
-            "the replay to finish",
-            "document.querySelector('#replay-progress[data-done=true]')",
-        )
-        .await;
-    assert!(
-        browser
-            .text("#replay-progress")
-            .await
-            .contains("1 replayed, 1 succeeded")
-    );
+    confirm_and_wait_for_replay(&browser, "1 replayed, 1 succeeded").await;
     browser.screenshot("bulk-replay-done").await;
     assert_eq!(
         receiver_count(&receiver, "order.created").await,
@@ -448,19 +450,7 @@ async fn an_operator_manages_an_endpoint() {
     // Recover the two missed events; progress runs to done.
     let before = receiver.received().len();
     browser.click("#recover-form button[type=submit]").await;
-    browser.click("dialog.confirm button[value=confirm]").await;
-    browser
-        .wait_until(
-            "the recover to finish",
-            "document.querySelector('#replay-progress[data-done=true]')",
-        )
-        .await;
-    assert!(
-        browser
-            .text("#replay-progress")
-            .await
-            .contains("2 replayed, 2 succeeded")
-    );
+    confirm_and_wait_for_replay(&browser, "2 replayed, 2 succeeded").await;
     assert_eq!(receiver.received().len(), before + 2);
     browser.screenshot("endpoint-recovered").await;
 

@@ -1,7 +1,6 @@
 //! At-least-once delivery across a `kill -9`, and no concurrent duplicates across instances.
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -9,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::process::Child;
 
-use crate::embedded::{free_port, herald, wait_ready};
+use crate::embedded::{free_port, serve_command, wait_ready};
 use crate::helpers::{ADMIN_KEY, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
 
@@ -38,18 +37,13 @@ fn assert_never_sent_twice_at_once(requests: &[crate::receiver::Received]) {
 }
 
 fn start_herald(database_url: &str, port: u16) -> Child {
-    let mut cmd = herald();
-    cmd.arg("serve")
-        .env("DATABASE_URL", database_url)
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+    serve_command(database_url, port)
         .env("HERALD_ALLOWED_DESTINATIONS", "127.0.0.0/8")
         .env("HERALD_DELIVERY_TIMEOUT", "1s")
         .env("HERALD_RETRY_SCHEDULE", "200ms,200ms,200ms,200ms,200ms")
         .env("HERALD_DB_POOL_SIZE", "8")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd.spawn().unwrap()
+        .spawn()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

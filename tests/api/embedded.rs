@@ -22,6 +22,19 @@ pub fn herald() -> Command {
     cmd
 }
 
+/// `herald serve` on `DATABASE_URL` and `127.0.0.1:port` with the test admin key, output
+/// discarded; callers add their settings, then spawn.
+pub fn serve_command(database_url: &str, port: u16) -> Command {
+    let mut cmd = herald();
+    cmd.arg("serve")
+        .env("DATABASE_URL", database_url)
+        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -34,39 +34,16 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
     let url = pg.database_url("herald");
     // Herald as a real process, as deployed.
     let port = crate::embedded::free_port();
-    let mut herald = crate::embedded::herald()
-        .arg("serve")
-        .env("DATABASE_URL", &url)
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+    let mut herald = crate::embedded::serve_command(&url, port)
         .env("HERALD_ALLOWED_DESTINATIONS", "127.0.0.0/8")
         .env("HERALD_RETRY_SCHEDULE", "200ms,500ms,1s,1s,2s,2s,5s")
         .env("HERALD_DB_TIMEOUT", "2s")
         .env("HERALD_DB_POOL_SIZE", "8")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
     crate::embedded::wait_ready(&base, &mut herald).await;
     let client = reqwest::Client::new();
-    let metric = |name: &'static str| {
-        let client = client.clone();
-        let base = base.clone();
-        async move {
-            let text = client
-                .get(format!("{base}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        }
-    };
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::status(200));
     let created = client
@@ -77,7 +54,10 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let listens_before = metric("herald_listener_connects_total").await;
+    let listens_before =
+        crate::helpers::metric_at(&client, &base, "herald_listener_connects_total")
+            .await
+            .unwrap_or(0.0);
 
     // Publishers: record what was acknowledged, and how often Herald said 503.
     let acked: Arc<Mutex<Vec<(i64, String)>>> = Arc::default();
@@ -201,7 +181,10 @@ async fn a_postgres_restart_under_load_loses_no_acknowledged_event_or_delivery()
     reader.abort();
     // The LISTEN connection was re-established by itself.
     assert!(
-        metric("herald_listener_connects_total").await > listens_before,
+        crate::helpers::metric_at(&client, &base, "herald_listener_connects_total")
+            .await
+            .unwrap_or(0.0)
+            > listens_before,
         "the LISTEN connection reconnected after the restart"
     );
     // ...and delivered by webhook (at least once; a few may be sent twice if their

@@ -180,6 +180,20 @@ pub fn maintenance_url() -> String {
     cluster().maintenance_url.clone()
 }
 
+/// A counter or gauge from `GET {base}/metrics` (any Herald, also a separate process).
+pub async fn metric_at(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A running Herald for one test.
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
@@ -300,13 +314,10 @@ impl TestApp {
 
     /// A counter or gauge from `GET /metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
-        let text = self.get("/metrics").await.text().await.unwrap();
-        text.lines()
-            .find_map(|line| {
-                let value: f64 = line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()?;
-                Some(value as u64)
-            })
-            .unwrap_or_else(|| panic!("no metric {name} in:\n{text}"))
+        metric_at(&self.client, &self.address, name)
+            .await
+            .unwrap_or_else(|| panic!("no metric {name} at {}/metrics", self.address))
+            as u64
     }
 
     /// Waits until a metric reaches `value` (up to 10 s).

@@ -1,14 +1,13 @@
 //! Hostile traffic against the real binary: slow bodies, huge headers, oversized filters,
 //! garbage JSON. Each gets a clear 4xx, and memory stays bounded.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::embedded::{free_port, herald, terminate, wait_ready};
+use crate::embedded::{free_port, serve_command, terminate, wait_ready};
 use crate::helpers::{ADMIN_KEY, create_database};
 
 fn rss_kib(pid: u32) -> u64 {
@@ -42,16 +41,10 @@ async fn hostile_requests_get_clear_4xx_and_memory_stays_bounded() {
     let (_, database_url) = create_database().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = herald()
-        .arg("serve")
-        .env("DATABASE_URL", &database_url)
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+    let mut child = serve_command(&database_url, port)
         .env("HERALD_BODY_TIMEOUT", "2s")
         .env("HERALD_LONGPOLL_DEFAULT_WAIT", "1s")
         .env("HERALD_LONGPOLL_MAX_WAIT", "1s")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_ready(&base, &mut child).await;

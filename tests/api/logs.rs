@@ -7,7 +7,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::AsyncReadExt as _;
 
-use crate::embedded::{free_port, herald, terminate, wait_ready};
+use crate::embedded::{free_port, serve_command, terminate, wait_ready};
 use crate::helpers::{ADMIN_KEY, create_database};
 use crate::receiver::{Receiver, Reply};
 
@@ -16,15 +16,10 @@ async fn json_logs_carry_request_and_delivery_ids_and_never_a_secret() {
     let (_, database_url) = create_database().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = herald()
-        .arg("serve")
-        .env("DATABASE_URL", &database_url)
-        .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HERALD_ADMIN_KEY", ADMIN_KEY)
+    let mut child = serve_command(&database_url, port)
         .env("HERALD_ALLOWED_DESTINATIONS", "127.0.0.0/8")
         .env("HERALD_LOG_FORMAT", "json")
         .env("RUST_LOG", "info,herald=debug,herald::access=info")
-        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

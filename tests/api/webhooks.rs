@@ -57,6 +57,32 @@ async fn only_delivery(app: &TestApp) -> Value {
     deliveries[0].clone()
 }
 
+/// Recovers the endpoint's events of the last five minutes and checks that `expected`
+/// deliveries were made due, recorded as one `recover` replay.
+async fn recover_last_five_minutes(app: &TestApp, endpoint: &Value, expected: i64) {
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let path = format!("/v1/endpoints/{}/recover", endpoint["id"].as_str().unwrap());
+    let recovered: Value = app
+        .post(&path, &json!({"since": since}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recovered["recovered"], expected);
+    let progress: Value = app
+        .get(&format!(
+            "/v1/replays/{}",
+            recovered["replay_id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(progress["kind"], "recover");
+    assert_eq!(progress["total"], expected);
+    assert_eq!(progress["criteria"]["endpoint_id"], endpoint["id"]);
+}
+
 fn verify(secret: &str, request: &Received) -> bool {
     let mut headers = http::HeaderMap::new();
     for (name, value) in &request.headers {
@@ -598,29 +624,7 @@ async fn bulk_replay_and_recover_replay_exactly_the_matching_deliveries() {
     assert_problem(unknown, 404, "not-found").await;
 
     // Recover: the invoice (still failed) and an event from before the endpoint existed.
-    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
-    let recovered: Value = app
-        .post(
-            &format!("/v1/endpoints/{}/recover", endpoint["id"].as_str().unwrap()),
-            &json!({"since": since}),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(recovered["recovered"], 1);
-    let recover_progress: Value = app
-        .get(&format!(
-            "/v1/replays/{}",
-            recovered["replay_id"].as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(recover_progress["kind"], "recover");
-    assert_eq!(recover_progress["total"], 1);
-    assert_eq!(recover_progress["criteria"]["endpoint_id"], endpoint["id"]);
+    recover_last_five_minutes(&app, &endpoint, 1).await;
     let got = receiver.wait_for(10, Duration::from_secs(5)).await;
     assert_eq!(got[9].json()["type"], "invoice.created");
 
@@ -651,27 +655,8 @@ async fn recover_sends_events_from_before_the_endpoint_existed() {
     app.publish("other", "t", json!("not mine")).await;
     let endpoint =
         create_endpoint(&app, json!({"url": receiver.url, "streams": ["payment:*"]})).await;
-    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    recover_last_five_minutes(&app, &endpoint, 1).await;
     let path = format!("/v1/endpoints/{}/recover", endpoint["id"].as_str().unwrap());
-    let recovered: Value = app
-        .post(&path, &json!({"since": since}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(recovered["recovered"], 1);
-    let recover_progress: Value = app
-        .get(&format!(
-            "/v1/replays/{}",
-            recovered["replay_id"].as_str().unwrap()
-        ))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(recover_progress["kind"], "recover");
-    assert_eq!(recover_progress["total"], 1);
-    assert_eq!(recover_progress["criteria"]["endpoint_id"], endpoint["id"]);
     let got = receiver.wait_for(1, Duration::from_secs(5)).await;
     assert_eq!(got[0].json()["data"], "early");
     let bad = app.post(&path, &json!({"since": "yesterday"})).await;

@@ -444,6 +444,21 @@ pub struct Replay {
     pub created_at: DateTime<Utc>,
 }
 
+impl Replay {
+    /// A new replay of `kind` (`filter` or `recover`) asked for by `requested_by`; its
+    /// total is set when it is stored.
+    pub fn new(kind: &str, criteria: serde_json::Value, requested_by: Uuid) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            kind: kind.to_owned(),
+            criteria,
+            requested_by,
+            total: 0,
+            created_at: Utc::now(),
+        }
+    }
+}
+
 /// Makes every matching delivery that is not in flight due now, as the bulk replay
 /// `replay` (at most `max`), and stores `replay` with its total. Returns how many.
 pub async fn replay_matching(
