@@ -16,7 +16,6 @@
 use std::sync::Arc;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::AsyncConnection as _;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -112,9 +111,9 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
         .iter()
         .flat_map(|j| j.events.iter().cloned())
         .collect();
-    match store(pool, all).await {
-        Ok(stored) => {
-            notifier.committed(&stored);
+    match store(pool, all, notifier).await {
+        Ok(mut stored) => {
+            notifier.committed(&mut stored);
             let mut stored = stored.events.into_iter();
             for job in group {
                 let mine: Vec<Event> = stored.by_ref().take(job.events.len()).collect();
@@ -129,8 +128,8 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
         Err(err) => {
             tracing::warn!(error = %err, jobs = group.len(), "group commit failed; retrying its requests one by one");
             for job in group {
-                let result = store(pool, job.events).await.map(|stored| {
-                    notifier.committed(&stored);
+                let result = store(pool, job.events, notifier).await.map(|mut stored| {
+                    notifier.committed(&mut stored);
                     stored.events
                 });
                 let _ = job.reply.send(result);
@@ -139,15 +138,20 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
     }
 }
 
-/// One transaction, retried once on a deadlock or serialization failure.
-async fn store(pool: &DbPool, events: Vec<PendingEvent>) -> Result<Stored, ApiError> {
+/// One statement (so one transaction of its own, with no `BEGIN`/`COMMIT` round trips),
+/// retried once on a deadlock or serialization failure. When this instance sends
+/// webhooks, the deliveries it can attempt at once are claimed in the same statement and
+/// handed to its worker after the commit (by [`Notifier::committed`]).
+async fn store(
+    pool: &DbPool,
+    events: Vec<PendingEvent>,
+    notifier: &Notifier,
+) -> Result<Stored, ApiError> {
     let mut conn = pool.get().await?;
     let mut attempt = 0;
     loop {
-        let batch = events.clone();
-        let result = conn
-            .transaction(async |conn| event::insert_all(conn, batch).await)
-            .await;
+        let claim = notifier.insert_claim();
+        let result = event::insert_all(&mut conn, events.clone(), claim.as_ref()).await;
         match result {
             Err(err) if attempt == 0 && is_retryable(&err) => attempt += 1,
             other => return other.map_err(ApiError::from),

@@ -17,8 +17,9 @@ use crate::auth::KeyCache;
 use crate::config::Settings;
 use crate::db::models::api_key::{self, ApiKey};
 use crate::db::{self, DbPool};
+use crate::delivery::queue::LocalQueue;
 use crate::delivery::sender::Sender;
-use crate::delivery::worker::{Worker, WorkerSettings};
+use crate::delivery::worker::{Worker, WorkerParts, WorkerSettings, lease_for};
 use crate::domain::{ApiKeySecret, Role};
 use crate::error::ApiError;
 use crate::ingest::Ingest;
@@ -93,11 +94,22 @@ impl Application {
         let hub = Hub::new(pool.clone(), metrics.clone(), settings.max_waiters);
         let instance = uuid::Uuid::now_v7();
         let delivery_wake = Arc::new(tokio::sync::Notify::new());
+        let delivery_nudge = Arc::new(tokio::sync::Notify::new());
+        // Where this instance's ingest hands the deliveries it claims at insert to its
+        // worker; none on an instance that sends no webhooks.
+        let queue = (settings.delivery_concurrency > 0).then(|| {
+            Arc::new(LocalQueue::new(
+                lease_for(settings.delivery_timeout),
+                settings.delivery_concurrency * 4,
+                delivery_nudge.clone(),
+            ))
+        });
         let notifier = Notifier::new(
             instance,
             hub.clone(),
             metrics.clone(),
             delivery_wake.clone(),
+            queue.clone(),
         );
         let committers = (settings.db_pool_size / 4).clamp(1, 4);
         let (ingest, committer_handles) = Ingest::start(pool.clone(), committers, notifier.clone());
@@ -127,11 +139,19 @@ impl Application {
             )),
         ];
         let mut background = background;
-        if settings.delivery_concurrency > 0 {
+        if let Some(queue) = queue {
             let sender = Sender::new(settings.destinations.clone(), settings.delivery_timeout)?;
             let worker = Worker::new(
-                pool.clone(),
-                sender,
+                WorkerParts {
+                    pool: pool.clone(),
+                    sender,
+                    wake: delivery_wake.clone(),
+                    queue,
+                    nudge: delivery_nudge,
+                    metrics: metrics.clone(),
+                    ops: ingest.clone(),
+                    notifier: notifier.clone(),
+                },
                 WorkerSettings {
                     database_url: database_url.to_owned(),
                     connect_timeout: settings.db_timeout,
@@ -140,10 +160,6 @@ impl Application {
                     concurrency: settings.delivery_concurrency,
                     disable_after: settings.disable_after,
                 },
-                delivery_wake.clone(),
-                metrics.clone(),
-                ingest.clone(),
-                notifier.clone(),
             );
             background.push(tokio::spawn(worker.run(background_stop.clone())));
         }

@@ -566,9 +566,10 @@ async fn send_test_event(
     let event_id = event.id;
     crate::telemetry::record_id("event_id", event_id);
     crate::telemetry::record_id("delivery_id", delivery_id);
-    state.notifier.committed(&event::Stored {
+    state.notifier.committed(&mut event::Stored {
         events: vec![event],
         pending_deliveries: 1,
+        ..event::Stored::default()
     });
     Ok(HttpResponse::Accepted().json(serde_json::json!({
         "event_id": event_id,

@@ -162,17 +162,20 @@ async fn store(
     let ids: Vec<Uuid> = pending.iter().map(|e| e.id).collect();
     let mut conn = state.pool.get().await?;
     let claim_hash = hash.clone();
+    let insert_claim = state.notifier.insert_claim();
     let outcome = conn
         .transaction(
             async |conn| match idempotency::claim(conn, &key, &claim_hash, &ids).await? {
-                Claim::Fresh => event::insert_all(conn, pending).await.map(Ok),
+                Claim::Fresh => event::insert_all(conn, pending, insert_claim.as_ref())
+                    .await
+                    .map(Ok),
                 Claim::Existing(record) => Ok(Err(record)),
             },
         )
         .await?;
     match outcome {
-        Ok(stored) => {
-            state.notifier.committed(&stored);
+        Ok(mut stored) => {
+            state.notifier.committed(&mut stored);
             Ok((stored.events, false))
         }
         Err(record) if record.request_hash != hash => Err(ApiError::Conflict(format!(

@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod models;
+mod prepared;
 mod raw_json;
 pub mod schema;
 
@@ -14,11 +15,14 @@ use std::time::Duration;
 use diesel::ConnectionError;
 use diesel_async::AsyncPgConnection;
 use diesel_async::pooled_connection::deadpool::{Object, Pool};
-use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 
+pub use prepared::{Prepared, prepared};
 pub use raw_json::RawJson;
 
 /// The pool every request and background task takes connections from.
@@ -35,8 +39,15 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 const MIGRATION_LOCK_ID: i64 = 0x4845_5241_4c44; // "HERALD"
 
 /// Builds the pool. No connection is made until one is needed.
+///
+/// A connection is not pinged (`SELECT 1`) when it is taken from the pool: that was one
+/// extra round trip per checkout, about 600 a second at 200 events/s. A connection whose
+/// socket closed (a PostgreSQL restart, a killed backend) is still dropped at checkout
+/// (`is_broken`), and one that fails in use is dropped when it returns, so an outage costs
+/// at most one failed statement per pooled connection.
 pub fn build_pool(database_url: &str, size: usize, timeout: Duration) -> anyhow::Result<DbPool> {
     let mut config = ManagerConfig::default();
+    config.recycling_method = RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url| establish(url, timeout));
     let manager = AsyncDieselConnectionManager::new_with_config(database_url, config);
     Ok(Pool::builder(manager)

@@ -1,10 +1,15 @@
 //! The webhook worker: claim due deliveries, send them signed, record what happened, and
 //! schedule the next attempt.
 //!
-//! - `worker`: the claim loop, with per-endpoint in-flight limits and wake-ups.
+//! - `queue`: the deliveries this instance holds claimed (most claimed at insert by its
+//!   own ingest), waiting for a free slot.
+//! - `worker`: starts what the queue holds within per-endpoint limits, and claims more.
+//! - `recorder`: writes finished attempts in batches.
 //! - `sender`: the HTTP request (Standard Webhooks format) and the destination guard.
 //! - `outcome`: the pure rules that turn an answer into the delivery's next state.
 
 pub mod outcome;
+pub mod queue;
+mod recorder;
 pub mod sender;
 pub mod worker;

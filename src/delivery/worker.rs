@@ -1,67 +1,67 @@
-//! The claim loop.
+//! The worker: attempts what this instance holds claimed, and claims more.
 //!
-//! Deliveries are claimed in batches with `FOR UPDATE SKIP LOCKED` (so instances never take
-//! the same row) and a lease of the request timeout plus a margin: the row lock is released
-//! when the claim commits, before any HTTP request, and a crashed worker's claims become
-//! claimable again when their lease runs out. Each claim carries a token; an outcome is
-//! recorded only while the token still matches, so a delivery is never attempted twice at
-//! the same time by design, and a late writer cannot overwrite a newer claim.
+//! Deliveries reach the worker's [`LocalQueue`] two ways. New events' deliveries are
+//! claimed *at insert* by the ingest statement of the instance that commits them, and
+//! handed over after the commit with everything sending needs: the first attempt costs no
+//! database round trip before the request. Everything else (retries, replays, ordered and
+//! rate-limited endpoints, deliveries queued by API-only instances or left by a crashed
+//! one) is claimed by the claim query: `FOR UPDATE SKIP LOCKED` (so instances never take
+//! the same row), on the worker's own connection, prepared once.
+//!
+//! Every claim carries a token and a lease of the request timeout plus a margin; the row
+//! lock is released when the claim commits, before any HTTP request, and a crashed
+//! worker's claims become claimable again when their lease runs out. An outcome is
+//! recorded only while the token still matches, and an entry is attempted only while its
+//! lease outlasts a whole request (else it is released), so a delivery is never attempted
+//! twice at the same time, and a late writer cannot overwrite a newer claim.
 //!
 //! Fairness: `HERALD_DELIVERY_CONCURRENCY` attempts run at once per instance, and each
 //! endpoint gets at most its `max_in_flight` of them (counted per instance), so a slow or
-//! dead endpoint ties up only its own share and never delays healthy ones.
+//! dead endpoint ties up only its own share and never delays healthy ones. Per endpoint,
+//! the worker holds at most about [`HOLD_AHEAD`] of work (by its recent attempt times)
+//! beyond what is in flight: enough that a finished attempt starts the next one from memory
+//! at once, never so much that a lease would run out while waiting.
 //!
-//! New deliveries wake the worker at once (in-process after a local commit, `NOTIFY` from
-//! other instances); a poll every second is the fallback, and picks up retries as they fall
-//! due.
+//! Wake-ups: a hand-over or a finished attempt nudges the worker to start what it holds
+//! (and to claim more if its last claim was full); new due deliveries elsewhere (`NOTIFY`),
+//! replays and retries falling due wake it to claim; a poll every second is the fallback.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use rand::Rng as _;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::outcome::{Answer, Next, next};
-use super::sender::{Sender, Sent};
-use diesel_async::AsyncConnection as _;
+use super::queue::{LocalQueue, Ready};
+use super::recorder::Message;
+use super::sender::Sender;
 
-use crate::db::models::delivery::{self, Attempt, Claimed, Outcome};
-use crate::db::models::endpoint;
+use crate::db::models::delivery::{self, Claimed};
 use crate::db::models::event::PendingEvent;
 use crate::db::{DbPool, RawJson};
 use crate::domain::retry::RetrySchedule;
 use crate::domain::{EventType, StreamName};
 use crate::ingest::Ingest;
-use crate::metrics::{Metrics, inc};
-
-const GONE_REASON: &str = "the receiver answered 410 Gone";
-
-/// `5d`, `3h`, `90s`: a duration as settings spell it.
-fn humanize(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        s if s % 86_400 == 0 && s > 0 => format!("{}d", s / 86_400),
-        s if s % 3600 == 0 && s > 0 => format!("{}h", s / 3600),
-        s if s % 60 == 0 && s > 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
+use crate::metrics::Metrics;
 
 /// How long a claim outlives the request timeout: half of it, and at least 5 s.
-fn lease_for(timeout: Duration) -> Duration {
+pub fn lease_for(timeout: Duration) -> Duration {
     timeout + (timeout / 2).max(Duration::from_secs(5))
 }
 /// The slow fallback poll.
 const POLL: Duration = Duration::from_secs(1);
 /// Most deliveries claimed per query.
-const CLAIM_BATCH: usize = 64;
-/// Most attempts written per transaction.
-const RECORD_BATCH: usize = 500;
+const CLAIM_BATCH: usize = 256;
+/// How much work, by its recent attempt times, the worker holds per endpoint beyond what
+/// is in flight. Well inside the lease's margin over the request timeout (at least 5 s).
+pub const HOLD_AHEAD: Duration = Duration::from_secs(2);
+/// Most deliveries held per endpoint, whatever its speed.
+const MAX_HOLD: usize = 4096;
 
 /// The stream Herald's own operational events go to.
 pub const OPS_STREAM: &str = "herald:ops";
@@ -88,36 +88,127 @@ pub struct WorkerSettings {
 struct Bucket {
     tokens: f64,
     rate: f64,
-    max_in_flight: i32,
-    refilled: std::time::Instant,
+    refilled: Instant,
 }
 
 impl Bucket {
+    fn new(rate: f64) -> Self {
+        Self {
+            tokens: rate.max(1.0),
+            rate,
+            refilled: Instant::now(),
+        }
+    }
+
     fn refill(&mut self) {
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate)
             .min(self.rate.max(1.0));
         self.refilled = now;
     }
 }
 
+/// What the worker knows of an endpoint it has attempted.
+#[derive(Debug, Clone)]
+struct EndpointState {
+    in_flight: usize,
+    max_in_flight: usize,
+    bucket: Option<Bucket>,
+    /// Recent attempt time (exponentially weighted), once there is one.
+    recent: Option<Duration>,
+}
+
+impl EndpointState {
+    fn new(claimed: &Claimed) -> Self {
+        let mut state = Self {
+            in_flight: 0,
+            max_in_flight: 1,
+            bucket: None,
+            recent: None,
+        };
+        state.update(claimed);
+        state
+    }
+
+    /// Takes the limits the latest claim read.
+    fn update(&mut self, claimed: &Claimed) {
+        self.max_in_flight = usize::try_from(claimed.max_in_flight.max(1)).unwrap_or(1);
+        match (claimed.rate_limit, &mut self.bucket) {
+            (None, _) => self.bucket = None,
+            (Some(rate), Some(bucket)) => bucket.rate = f64::from(rate),
+            (Some(rate), None) => self.bucket = Some(Bucket::new(f64::from(rate))),
+        }
+    }
+
+    /// Whether one more may start now (taking a rate token if so).
+    fn try_start(&mut self) -> bool {
+        if self.in_flight >= self.max_in_flight {
+            return false;
+        }
+        if let Some(bucket) = &mut self.bucket {
+            bucket.refill();
+            if bucket.tokens < 1.0 {
+                return false;
+            }
+            bucket.tokens -= 1.0;
+        }
+        self.in_flight += 1;
+        true
+    }
+
+    /// How many of its deliveries the worker should hold (in flight and waiting):
+    /// `max_in_flight`, plus [`HOLD_AHEAD`] of work at its recent speed; for a
+    /// rate-limited endpoint no more than a second of its rate.
+    fn hold(&self) -> usize {
+        let ahead = self.recent.map_or(0.0, |recent| {
+            HOLD_AHEAD.as_secs_f64() / recent.as_secs_f64().max(1e-4) * self.max_in_flight as f64
+        });
+        let hold = (self.max_in_flight as f64 + ahead).min(MAX_HOLD as f64) as usize;
+        match self.bucket {
+            Some(bucket) => hold.min(bucket.rate.ceil().max(1.0) as usize),
+            None => hold,
+        }
+    }
+
+    fn finished(&mut self, took: Duration) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.recent = Some(match self.recent {
+            Some(recent) => recent.mul_f64(0.8) + took.mul_f64(0.2),
+            None => took,
+        });
+    }
+}
+
 /// The worker's configuration and shared parts.
 pub struct Worker {
-    pool: DbPool,
+    pub(super) pool: DbPool,
     sender: Sender,
-    schedule: RetrySchedule,
+    pub(super) schedule: RetrySchedule,
     lease: Duration,
+    timeout: Duration,
     concurrency: usize,
-    disable_after: Duration,
-    wake: Arc<Notify>,
-    metrics: Arc<Metrics>,
+    pub(super) disable_after: Duration,
+    /// Wakes the loop to claim: deliveries became due.
+    pub(super) wake: Arc<Notify>,
+    /// Wakes the loop to start what it holds (and claim more if the last claim was full).
+    pub(super) nudge: Arc<Notify>,
+    pub(super) metrics: Arc<Metrics>,
     ops: Ingest,
-    notifier: Arc<crate::streams::notify::Notifier>,
-    buckets: Mutex<HashMap<Uuid, Bucket>>,
+    pub(super) notifier: Arc<crate::streams::notify::Notifier>,
+    queue: Arc<LocalQueue>,
+    endpoints: Mutex<HashMap<Uuid, EndpointState>>,
+    /// Until when each endpoint's last success counts as written (see the recorder).
+    pub(super) health_noted: Mutex<HashMap<Uuid, Instant>>,
     database_url: String,
     connect_timeout: Duration,
     claim_conn: tokio::sync::Mutex<Option<diesel_async::AsyncPgConnection>>,
-    in_flight: Mutex<HashMap<Uuid, usize>>,
+    permits: Arc<Semaphore>,
+    records: mpsc::UnboundedSender<Message>,
+    recorder_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
+    /// The last claim returned all it asked for: there is probably more.
+    more_due: AtomicBool,
+    /// Something held waits only for a rate-limit token.
+    rate_waiting: AtomicBool,
     /// The earliest retry this worker scheduled, so that short retry delays do not wait
     /// for the poll.
     soonest_retry: Mutex<Option<chrono::DateTime<Utc>>>,
@@ -131,136 +222,297 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// What a worker is wired to.
+#[expect(
+    missing_debug_implementations,
+    reason = "holds the pool, which has no Debug"
+)]
+pub struct WorkerParts {
+    /// The pool for recording.
+    pub pool: DbPool,
+    /// The HTTP sender.
+    pub sender: Sender,
+    /// Notified when deliveries become due.
+    pub wake: Arc<Notify>,
+    /// The queue ingest hands claimed deliveries to (its wake is `nudge`).
+    pub queue: Arc<LocalQueue>,
+    /// Notified when the queue has something new.
+    pub nudge: Arc<Notify>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where operational events are published.
+    pub ops: Ingest,
+    /// The after-commit hook.
+    pub notifier: Arc<crate::streams::notify::Notifier>,
+}
+
 impl Worker {
-    /// A worker; `wake` is notified when deliveries become due; operational events
-    /// (`endpoint.disabled`, ...) are published through `ops`.
-    pub fn new(
-        pool: DbPool,
-        sender: Sender,
-        settings: WorkerSettings,
-        wake: Arc<Notify>,
-        metrics: Arc<Metrics>,
-        ops: Ingest,
-        notifier: Arc<crate::streams::notify::Notifier>,
-    ) -> Arc<Self> {
+    /// A worker; operational events (`endpoint.disabled`, ...) are published through
+    /// `parts.ops`.
+    pub fn new(parts: WorkerParts, settings: WorkerSettings) -> Arc<Self> {
+        let (records, rx) = mpsc::unbounded_channel();
         Arc::new(Self {
-            pool,
-            sender,
+            pool: parts.pool,
+            sender: parts.sender,
             schedule: settings.schedule,
             lease: lease_for(settings.timeout),
+            timeout: settings.timeout,
             concurrency: settings.concurrency,
             disable_after: settings.disable_after,
-            wake,
-            metrics,
-            ops,
-            notifier,
-            buckets: Mutex::new(HashMap::new()),
+            wake: parts.wake,
+            nudge: parts.nudge,
+            metrics: parts.metrics,
+            ops: parts.ops,
+            notifier: parts.notifier,
+            queue: parts.queue,
+            endpoints: Mutex::new(HashMap::new()),
+            health_noted: Mutex::new(HashMap::new()),
             database_url: settings.database_url,
             connect_timeout: settings.connect_timeout,
             claim_conn: tokio::sync::Mutex::new(None),
-            in_flight: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(settings.concurrency)),
+            records,
+            recorder_rx: Mutex::new(Some(rx)),
+            more_due: AtomicBool::new(false),
+            rate_waiting: AtomicBool::new(false),
             soonest_retry: Mutex::new(None),
         })
     }
 
-    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, usize>> {
-        self.in_flight
+    fn endpoints(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, EndpointState>> {
+        self.endpoints
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs until `cancel`, then waits (up to the lease) for attempts in flight.
+    /// Runs until `cancel`, then gives back what it holds unattempted, waits (up to the
+    /// lease) for attempts in flight and writes their records.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
-        let permits = Arc::new(Semaphore::new(self.concurrency));
-        let (records, rx) = mpsc::unbounded_channel();
+        let rx = self
+            .recorder_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let Some(rx) = rx else {
+            tracing::error!("the worker was started twice");
+            return;
+        };
         let recorder = tokio::spawn(self.clone().run_recorder(rx));
+        let mut claim = true;
         loop {
-            self.claim_and_spawn(&permits, &records).await;
+            self.dispatch();
+            if claim {
+                self.claim_more().await;
+            }
             let pause = self.pause();
             tokio::select! {
                 () = cancel.cancelled() => break,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(pause) => {}
+                () = self.wake.notified() => claim = true,
+                () = self.nudge.notified() => claim = self.more_due.load(Ordering::Acquire),
+                () = tokio::time::sleep(pause) => claim = true,
             }
         }
+        let held: Vec<(Uuid, Uuid)> = self
+            .queue
+            .lock()
+            .drain(..)
+            .map(|r| (r.claimed.id, r.token))
+            .collect();
+        if !held.is_empty() {
+            let _ = self.records.send(Message::Release(held));
+        }
         let all = u32::try_from(self.concurrency).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(self.lease, permits.acquire_many(all)).await;
+        let _ = tokio::time::timeout(self.lease, self.permits.acquire_many(all)).await;
         // Every attempt has handed over its record: let the recorder write the rest.
-        drop(records);
+        let _ = self.records.send(Message::Stop);
         let _ = recorder.await;
     }
 
     /// How long to sleep when nothing wakes the worker: the poll interval, or less when a
-    /// retry this worker scheduled falls due sooner.
+    /// retry this worker scheduled falls due sooner or a held delivery waits for a rate
+    /// token.
     fn pause(&self) -> Duration {
+        let poll = if self.rate_waiting.load(Ordering::Acquire) {
+            Duration::from_millis(20)
+        } else {
+            POLL
+        };
         let mut soonest = self
             .soonest_retry
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match *soonest {
             Some(at) => match (at - Utc::now()).to_std() {
-                Ok(left) if left < POLL => left,
-                Ok(_) => POLL,
+                Ok(left) if left < poll => left,
+                Ok(_) => poll,
                 Err(_) => {
                     *soonest = None;
                     Duration::ZERO
                 }
             },
-            None => POLL,
+            None => poll,
         }
     }
 
-    /// Claims as much as free capacity allows and starts the attempts.
-    async fn claim_and_spawn(
-        self: &Arc<Self>,
-        permits: &Arc<Semaphore>,
-        records: &mpsc::UnboundedSender<Record>,
-    ) {
+    /// Remembers a retry's time, so the loop wakes for it.
+    pub(super) fn note_retry(&self, at: chrono::DateTime<Utc>) {
+        let mut soonest = self
+            .soonest_retry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if soonest.is_none_or(|s| at < s) {
+            *soonest = Some(at);
+        }
+    }
+
+    /// Starts every held delivery that capacity, its endpoint's in-flight limit and rate
+    /// allow, in the order they came; gives back those whose lease would not outlast a
+    /// request; tells ingest which endpoints it holds enough of.
+    fn dispatch(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut released = Vec::new();
+        let mut started = Vec::new();
+        let mut rate_waiting = false;
+        {
+            let mut items = self.queue.lock();
+            let mut endpoints = self.endpoints();
+            let mut kept = std::collections::VecDeque::with_capacity(items.len());
+            while let Some(ready) = items.pop_front() {
+                if !ready.sendable(now, self.timeout) {
+                    released.push((ready.claimed.id, ready.token));
+                    continue;
+                }
+                let state = endpoints
+                    .entry(ready.claimed.endpoint_id)
+                    .or_insert_with(|| EndpointState::new(&ready.claimed));
+                state.update(&ready.claimed);
+                if self.permits.available_permits() == 0 {
+                    kept.push_back(ready);
+                    kept.extend(items.drain(..));
+                    break;
+                }
+                if !state.try_start() {
+                    rate_waiting |= state.in_flight < state.max_in_flight;
+                    kept.push_back(ready);
+                    continue;
+                }
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => started.push((ready, permit)),
+                    Err(_) => {
+                        state.in_flight -= 1;
+                        kept.push_back(ready);
+                    }
+                }
+            }
+            *items = kept;
+            self.queue.set_skip(full_endpoints(&items, &endpoints));
+        }
+        self.rate_waiting.store(rate_waiting, Ordering::Release);
+        if !released.is_empty() {
+            tracing::debug!(
+                count = released.len(),
+                "giving back claims that waited too long"
+            );
+            let _ = self.records.send(Message::Release(released));
+        }
+        for (ready, permit) in started {
+            self.spawn_attempt(ready, permit);
+        }
+    }
+
+    fn spawn_attempt(self: &Arc<Self>, ready: Ready, permit: tokio::sync::OwnedSemaphorePermit) {
+        let worker = self.clone();
+        // Whatever an attempt logs carries what it is about.
+        let span = tracing::info_span!(
+            "webhook_attempt",
+            delivery_id = %ready.claimed.id,
+            endpoint_id = %ready.claimed.endpoint_id,
+            event_id = %ready.claimed.event_id,
+            attempt = ready.claimed.attempts,
+        );
+        tokio::spawn(
+            async move {
+                let sent = worker.sender.send(&ready.claimed).await;
+                let endpoint_id = ready.claimed.endpoint_id;
+                let took = sent.duration;
+                let record = worker.build_record(ready.claimed, ready.token, sent);
+                if let Some(state) = worker.endpoints().get_mut(&endpoint_id) {
+                    state.finished(took);
+                }
+                if worker
+                    .records
+                    .send(Message::Record(Box::new(record)))
+                    .is_err()
+                {
+                    // The recorder is gone: the claim expires and the delivery is retried.
+                    tracing::warn!("attempt finished after the recorder stopped");
+                }
+                drop(permit);
+                worker.dispatch();
+                if worker.queue.is_empty() {
+                    worker.nudge.notify_one();
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Claims as much as the worker should hold, in batches, into the queue.
+    async fn claim_more(self: &Arc<Self>) {
         loop {
-            let free = permits.available_permits().min(CLAIM_BATCH);
-            if free == 0 {
+            let (ids, rooms, held) = self.claim_rooms();
+            let limit = (self.concurrency * 2).saturating_sub(held).min(CLAIM_BATCH);
+            if limit == 0 {
                 return;
             }
-            let (busy, counts) = self.busy_endpoints();
             let token = Uuid::now_v7();
-            let claimed = self.claim(free as i64, token, &busy, &counts).await;
-            let batch = match claimed {
+            let claimed_at = Instant::now();
+            let batch = match self.claim(limit as i64, token, &ids, &rooms).await {
                 Ok(batch) => batch,
                 Err(err) => {
                     tracing::warn!(error = %err, "could not claim deliveries");
                     return;
                 }
             };
-            let full = batch.len() == free;
-            for claimed in batch {
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    break;
-                };
-                *self.in_flight().entry(claimed.endpoint_id).or_default() += 1;
-                self.take_token(&claimed);
-                let worker = self.clone();
-                let records = records.clone();
-                // Whatever an attempt logs carries what it is about.
-                let span = tracing::info_span!(
-                    "webhook_attempt",
-                    delivery_id = %claimed.id,
-                    endpoint_id = %claimed.endpoint_id,
-                    event_id = %claimed.event_id,
-                    attempt = claimed.attempts,
-                );
-                tokio::spawn(
-                    async move {
-                        worker.attempt(claimed, token, &records).await;
-                        drop(permit);
-                        worker.wake.notify_one();
-                    }
-                    .instrument(span),
-                );
-            }
+            let full = batch.len() == limit;
+            self.more_due.store(full, Ordering::Release);
+            let lease_until = claimed_at + self.lease;
+            self.queue
+                .lock()
+                .extend(batch.into_iter().map(|claimed| Ready {
+                    claimed,
+                    token,
+                    lease_until,
+                }));
+            self.dispatch();
             if !full {
                 return;
             }
         }
+    }
+
+    /// Per endpoint the worker knows, how many more it may claim; and how many it holds
+    /// in all (in flight and waiting).
+    fn claim_rooms(&self) -> (Vec<Uuid>, Vec<i32>, usize) {
+        let mut waiting: HashMap<Uuid, usize> = HashMap::new();
+        let queued = {
+            let items = self.queue.lock();
+            for ready in items.iter() {
+                *waiting.entry(ready.claimed.endpoint_id).or_default() += 1;
+            }
+            items.len()
+        };
+        let endpoints = self.endpoints();
+        let in_flight: usize = endpoints.values().map(|s| s.in_flight).sum();
+        let (ids, rooms) = endpoints
+            .iter()
+            .map(|(id, state)| {
+                let held = state.in_flight + waiting.get(id).copied().unwrap_or(0);
+                let room = state.hold().saturating_sub(held);
+                (*id, i32::try_from(room).unwrap_or(i32::MAX))
+            })
+            .unzip();
+        (ids, rooms, queued + in_flight)
     }
 
     /// One claim on the worker's own connection (opened on first use, and again after
@@ -269,8 +521,8 @@ impl Worker {
         &self,
         limit: i64,
         token: Uuid,
-        busy: &[Uuid],
-        counts: &[i32],
+        endpoints: &[Uuid],
+        rooms: &[i32],
     ) -> Result<Vec<Claimed>, String> {
         let mut slot = self.claim_conn.lock().await;
         if slot.is_none() {
@@ -289,56 +541,23 @@ impl Worker {
         let Some(conn) = slot.as_mut() else {
             return Err("no claim connection".into());
         };
-        let result =
-            delivery::claim(conn, limit, self.lease.as_secs_f64(), token, busy, counts).await;
+        let result = delivery::claim(
+            conn,
+            limit,
+            self.lease.as_secs_f64(),
+            token,
+            endpoints,
+            rooms,
+        )
+        .await;
         if result.is_err() {
             *slot = None;
         }
         result.map_err(|e| e.to_string())
     }
 
-    /// Endpoints to hold back and how "full" to count them: what is in flight here, or,
-    /// for rate-limited endpoints, enough to leave room only for the tokens they have.
-    fn busy_endpoints(&self) -> (Vec<Uuid>, Vec<i32>) {
-        let in_flight = self.in_flight().clone();
-        let mut counts: HashMap<Uuid, i32> = in_flight
-            .iter()
-            .map(|(id, n)| (*id, i32::try_from(*n).unwrap_or(i32::MAX)))
-            .collect();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        for (id, bucket) in buckets.iter_mut() {
-            bucket.refill();
-            let allowed = bucket.tokens.floor() as i32;
-            let used = counts.get(id).copied().unwrap_or(0);
-            counts.insert(*id, used.max(bucket.max_in_flight - allowed));
-        }
-        counts.into_iter().unzip()
-    }
-
-    fn take_token(&self, claimed: &Claimed) {
-        let Some(rate) = claimed.rate_limit else {
-            self.buckets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&claimed.endpoint_id);
-            return;
-        };
-        let rate = f64::from(rate);
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let bucket = buckets.entry(claimed.endpoint_id).or_insert(Bucket {
-            tokens: rate.max(1.0),
-            rate,
-            max_in_flight: claimed.max_in_flight,
-            refilled: std::time::Instant::now(),
-        });
-        bucket.rate = rate;
-        bucket.max_in_flight = claimed.max_in_flight;
-        bucket.refill();
-        bucket.tokens -= 1.0;
-    }
-
     /// Publishes operational events on `herald:ops` (best effort: a failure is logged).
-    async fn publish_ops(&self, ops: Vec<(&'static str, serde_json::Value)>) {
+    pub(super) async fn publish_ops(&self, ops: Vec<(&'static str, serde_json::Value)>) {
         let events: Vec<PendingEvent> = ops
             .into_iter()
             .filter_map(|(event_type, payload)| {
@@ -357,277 +576,23 @@ impl Worker {
             tracing::warn!(error = %err, "could not publish operational events");
         }
     }
-
-    async fn attempt(
-        &self,
-        claimed: Claimed,
-        token: Uuid,
-        records: &mpsc::UnboundedSender<Record>,
-    ) {
-        let sent = self.sender.send(&claimed).await;
-        let endpoint_id = claimed.endpoint_id;
-        let record = self.build_record(claimed, token, sent);
-        tracing::debug!(
-            status = record.outcome.status,
-            code = record.attempt.response_status,
-            error = record.attempt.error_class.as_deref(),
-            duration_ms = record.attempt.duration_ms,
-            "webhook attempt finished"
-        );
-        if records.send(record).is_err() {
-            // The recorder is gone (shutdown): the claim expires and the delivery is retried.
-            tracing::warn!("attempt finished after the recorder stopped");
-        }
-        let mut in_flight = self.in_flight();
-        if let Some(n) = in_flight.get_mut(&endpoint_id) {
-            *n -= 1;
-            if *n == 0 {
-                in_flight.remove(&endpoint_id);
-            }
-        }
-    }
-
-    fn build_record(&self, claimed: Claimed, token: Uuid, sent: Sent) -> Record {
-        let attempts = u32::try_from(claimed.attempts).unwrap_or(u32::MAX);
-        let draw = rand::rng().random_range(-1.0..=1.0);
-        let now = Utc::now();
-        let next_state = next(&sent.answer, attempts, &self.schedule, now, draw);
-        self.metrics
-            .attempt_duration
-            .record(sent.duration.as_secs_f64());
-        if matches!(next_state, Next::Succeeded) && !claimed.replay_requested {
-            self.metrics.publish_to_delivery.record(
-                (now - claimed.event_created_at)
-                    .num_microseconds()
-                    .unwrap_or(i64::MAX) as f64
-                    / 1e6,
-            );
-        }
-        let (status_code, error) = match &sent.answer {
-            Answer::Status { code, .. } => (
-                Some(i32::from(*code)),
-                (!(200..300).contains(code)).then(|| format!("HTTP {code}")),
-            ),
-            Answer::Error { class, detail } => (None, Some(format!("{class}: {detail}"))),
-        };
-        let outcome = match &next_state {
-            Next::Succeeded => Outcome {
-                status: "succeeded",
-                next_attempt_at: None,
-                status_code,
-                error: None,
-            },
-            Next::Retry(at) => Outcome {
-                status: "pending",
-                next_attempt_at: Some(*at),
-                status_code,
-                error,
-            },
-            Next::Exhausted => Outcome {
-                status: "failed",
-                next_attempt_at: None,
-                status_code,
-                error: error.map(|e| format!("{e} (no attempts left)")),
-            },
-            Next::Gone => Outcome {
-                status: "failed",
-                next_attempt_at: None,
-                status_code,
-                error: Some("HTTP 410: the receiver asked to stop; endpoint disabled".into()),
-            },
-        };
-        let (error_class, error_detail) = match &sent.answer {
-            Answer::Error { class, detail } => (Some((*class).to_owned()), Some(detail.clone())),
-            Answer::Status { .. } => (None, None),
-        };
-        let attempt = Attempt {
-            id: Uuid::now_v7(),
-            delivery_id: claimed.id,
-            started_at: sent.started_at,
-            duration_ms: i32::try_from(sent.duration.as_millis()).unwrap_or(i32::MAX),
-            trigger: if claimed.replay_requested {
-                "replay"
-            } else {
-                "schedule"
-            }
-            .to_owned(),
-            triggered_by: claimed.replay_requested_by,
-            request_headers: sent.request_headers,
-            response_status: status_code,
-            response_headers: sent.response_headers,
-            response_body: sent.response_body,
-            error_class,
-            error_detail,
-        };
-        Record {
-            claimed,
-            token,
-            outcome,
-            attempt,
-            next: next_state,
-        }
-    }
-
-    /// Writes recorded attempts in batches: one transaction for whatever finished while the
-    /// previous batch was being written. Runs until every sender is gone.
-    async fn run_recorder(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Record>) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
-            while batch.len() < RECORD_BATCH {
-                match rx.try_recv() {
-                    Ok(record) => batch.push(record),
-                    Err(_) => break,
-                }
-            }
-            let mut result = self.write_batch(&batch).await;
-            if result.is_err() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                result = self.write_batch(&batch).await;
-            }
-            match result {
-                Ok(effects) => {
-                    self.notifier.deliveries_changed();
-                    self.after_batch(&batch, effects).await;
-                }
-                // The claims stay until their leases end; then the deliveries are retried.
-                Err(err) => {
-                    tracing::warn!(error = %err, attempts = batch.len(), "could not record attempts")
-                }
-            }
-            self.wake.notify_one();
-        }
-    }
-
-    /// One transaction: outcomes, attempts, and endpoint health.
-    async fn write_batch(&self, batch: &[Record]) -> anyhow::Result<BatchEffects> {
-        let items: Vec<(Uuid, Uuid, &Outcome)> = batch
-            .iter()
-            .map(|r| (r.claimed.id, r.token, &r.outcome))
-            .collect();
-        let attempts: Vec<Attempt> = batch.iter().map(|r| r.attempt.clone()).collect();
-        // Per endpoint: did anything succeed, go 410, or fail?
-        let mut health: HashMap<Uuid, (bool, bool, bool)> = HashMap::new();
-        for r in batch {
-            let entry = health.entry(r.claimed.endpoint_id).or_default();
-            match r.next {
-                Next::Succeeded => entry.0 = true,
-                Next::Gone => entry.1 = true,
-                Next::Retry(_) | Next::Exhausted => entry.2 = true,
-            }
-        }
-        let disable_after = self.disable_after;
-        let mut conn = self.pool.get().await?;
-        let effects = conn
-            .transaction(async |conn| {
-                let recorded = delivery::record_many(conn, &items, &attempts).await?;
-                let mut effects = BatchEffects {
-                    recorded: recorded.into_iter().collect(),
-                    ..BatchEffects::default()
-                };
-                for (endpoint_id, (succeeded, gone, failed)) in &health {
-                    let disabled = if *gone {
-                        endpoint::disable(conn, *endpoint_id, GONE_REASON).await?;
-                        Some(GONE_REASON.to_owned())
-                    } else if *succeeded {
-                        if let Some(since) = endpoint::note_success(conn, *endpoint_id).await? {
-                            effects.recovered.push((*endpoint_id, since));
-                        }
-                        None
-                    } else if *failed {
-                        let reason =
-                            format!("no successful delivery for {}", humanize(disable_after));
-                        endpoint::note_failure(conn, *endpoint_id, disable_after, &reason)
-                            .await?
-                            .then_some(reason)
-                    } else {
-                        None
-                    };
-                    if let Some(reason) = disabled {
-                        delivery::fail_unfinished(conn, *endpoint_id, "endpoint disabled").await?;
-                        effects.disabled.push((*endpoint_id, reason));
-                    }
-                }
-                Ok::<_, diesel::result::Error>(effects)
-            })
-            .await?;
-        Ok(effects)
-    }
-
-    /// Metrics, retry timing and operational events, once a batch is committed.
-    async fn after_batch(&self, batch: &[Record], effects: BatchEffects) {
-        let url_of = |endpoint_id: Uuid| {
-            batch
-                .iter()
-                .find(|r| r.claimed.endpoint_id == endpoint_id)
-                .map(|r| r.claimed.url.clone())
-        };
-        let mut ops = Vec::new();
-        for r in batch {
-            if !effects.recorded.contains(&r.claimed.id) {
-                continue;
-            }
-            match r.next {
-                Next::Succeeded => inc(&self.metrics.deliveries_succeeded),
-                Next::Retry(at) => {
-                    inc(&self.metrics.deliveries_retried);
-                    let mut soonest = self
-                        .soonest_retry
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if soonest.is_none_or(|s| at < s) {
-                        *soonest = Some(at);
-                    }
-                }
-                Next::Exhausted | Next::Gone => inc(&self.metrics.deliveries_failed),
-            }
-            if r.next == Next::Exhausted && r.claimed.stream != OPS_STREAM {
-                // Not for deliveries of ops events themselves: a failing endpoint
-                // subscribed to herald:ops would otherwise feed itself forever.
-                ops.push((
-                    "delivery.failed",
-                    serde_json::json!({
-                        "delivery_id": r.claimed.id,
-                        "endpoint_id": r.claimed.endpoint_id,
-                        "event_id": r.claimed.event_id,
-                        "event_type": r.claimed.event_type,
-                        "stream": r.claimed.stream,
-                        "attempts": r.claimed.attempts,
-                        "last_error": r.outcome.error,
-                    }),
-                ));
-            }
-        }
-        for (endpoint_id, reason) in effects.disabled {
-            tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
-            ops.push((
-                "endpoint.disabled",
-                serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "reason": reason}),
-            ));
-        }
-        for (endpoint_id, since) in effects.recovered {
-            ops.push((
-                "endpoint.recovered",
-                serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "failing_since": since}),
-            ));
-        }
-        self.publish_ops(ops).await;
-    }
 }
 
-/// One finished attempt, waiting to be written.
-#[derive(Debug)]
-struct Record {
-    claimed: Claimed,
-    token: Uuid,
-    outcome: Outcome,
-    attempt: Attempt,
-    next: Next,
-}
-
-/// What a written batch changed beyond its deliveries.
-#[derive(Debug, Default)]
-struct BatchEffects {
-    recorded: std::collections::HashSet<Uuid>,
-    disabled: Vec<(Uuid, String)>,
-    recovered: Vec<(Uuid, chrono::DateTime<Utc>)>,
+/// The endpoints the worker holds as much of as it should: ingest leaves their new
+/// deliveries to the claim query.
+fn full_endpoints(
+    items: &std::collections::VecDeque<Ready>,
+    endpoints: &HashMap<Uuid, EndpointState>,
+) -> Vec<Uuid> {
+    let mut waiting: HashMap<Uuid, usize> = HashMap::new();
+    for ready in items {
+        *waiting.entry(ready.claimed.endpoint_id).or_default() += 1;
+    }
+    endpoints
+        .iter()
+        .filter(|(id, state)| {
+            state.in_flight + waiting.get(*id).copied().unwrap_or(0) >= state.hold()
+        })
+        .map(|(id, _)| *id)
+        .collect()
 }

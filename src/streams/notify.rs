@@ -25,14 +25,18 @@ use uuid::Uuid;
 
 use super::hub::Hub;
 use super::{CHANNEL, DELIVERIES_CHANNEL};
-use crate::db::DbPool;
-use crate::db::models::event::Stored;
+use crate::db::models::event::{InsertClaim, Stored};
+use crate::db::{DbPool, prepared};
+use crate::delivery::queue::LocalQueue;
 use crate::metrics::{Metrics, inc};
 
 /// The second line of a deliveries `NOTIFY` that only reports recorded attempts.
 pub const CHANGED_ONLY: &str = "changed";
 /// How long changes are gathered before one `NOTIFY` carries them.
 pub const COALESCE: Duration = Duration::from_millis(3);
+/// How often, at most, other instances' console feeds are told that attempts were
+/// recorded here (the console redraws at most every 250 ms anyway).
+pub const FEED_INTERVAL: Duration = Duration::from_millis(100);
 /// Stays under PostgreSQL's 8000-byte payload limit.
 const MAX_PAYLOAD: usize = 7900;
 
@@ -50,16 +54,22 @@ pub struct Notifier {
     /// Bumped whenever deliveries change, here or (through `NOTIFY`) elsewhere: what the
     /// console's live deliveries feed waits on.
     changes: tokio::sync::watch::Sender<u64>,
+    /// This instance's webhook worker's queue, when it sends webhooks: ingest claims new
+    /// deliveries for it at insert, and they are handed over after the commit.
+    queue: Option<Arc<LocalQueue>>,
+    /// When a feed-only `NOTIFY` was last sent.
+    feed_sent: Mutex<Option<std::time::Instant>>,
 }
 
 impl Notifier {
     /// A notifier for the instance `instance`; `delivery_wake` wakes this instance's
-    /// webhook worker.
+    /// webhook worker, whose queue is `queue` (`None` on an instance that sends none).
     pub fn new(
         instance: Uuid,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         delivery_wake: Arc<Notify>,
+        queue: Option<Arc<LocalQueue>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             instance,
@@ -71,7 +81,14 @@ impl Notifier {
             deliveries_changed: std::sync::atomic::AtomicBool::new(false),
             delivery_wake,
             changes: tokio::sync::watch::Sender::new(0),
+            queue,
+            feed_sent: Mutex::new(None),
         })
+    }
+
+    /// The claim an ingest statement should make for this instance's worker, if any.
+    pub fn insert_claim(&self) -> Option<InsertClaim> {
+        self.queue.as_ref()?.insert_claim()
     }
 
     /// The id of this instance, as its `NOTIFY`s carry it.
@@ -112,8 +129,17 @@ impl Notifier {
         self.wake.notify_one();
     }
 
-    /// Records that events (and their webhook deliveries) have committed.
-    pub fn committed(&self, stored: &Stored) {
+    /// Records that events (and their webhook deliveries) have committed, and hands the
+    /// deliveries claimed at insert to this instance's worker.
+    pub fn committed(&self, stored: &mut Stored) {
+        if let (Some(queue), Some((token, at))) = (&self.queue, stored.claimed_with)
+            && !stored.claimed.is_empty()
+        {
+            queue.hand_over(std::mem::take(&mut stored.claimed), token, at);
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            self.deliveries_changed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         if stored.pending_deliveries > 0 {
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
             self.delivery_wake.notify_one();
@@ -145,64 +171,88 @@ impl Notifier {
 
     /// Sends queued changes until `cancel`, then sends what is left.
     pub async fn run(self: Arc<Self>, pool: DbPool, cancel: CancellationToken) {
+        let mut again: Option<Duration> = None;
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
+                () = tokio::time::sleep(again.unwrap_or(Duration::MAX)), if again.is_some() => {}
                 () = cancel.cancelled() => {
-                    self.flush(&pool).await;
+                    self.flush(&pool, true).await;
                     return;
                 }
             }
             tokio::time::sleep(COALESCE).await;
-            self.flush(&pool).await;
+            again = self.flush(&pool, false).await;
         }
     }
 
-    async fn flush(&self, pool: &DbPool) {
+    /// Sends what is queued in one statement. A feed-only change is held back until
+    /// [`FEED_INTERVAL`] after the last one (unless `all`); returns when to call again
+    /// for it.
+    async fn flush(&self, pool: &DbPool, all: bool) -> Option<Duration> {
+        let mut channels: Vec<&str> = Vec::new();
+        let mut payloads: Vec<String> = Vec::new();
         let due = self
             .deliveries_due
             .swap(false, std::sync::atomic::Ordering::AcqRel);
-        let changed = self
-            .deliveries_changed
-            .swap(false, std::sync::atomic::Ordering::AcqRel);
-        if due || changed {
-            // "Due" wakes other workers (and tells their feeds); "changed" only tells feeds.
-            let payload = if due {
-                self.instance.to_string()
+        let mut again = None;
+        if due {
+            // "Due" wakes other workers (and tells their feeds).
+            channels.push(DELIVERIES_CHANNEL);
+            payloads.push(self.instance.to_string());
+            *self
+                .feed_sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
+            self.deliveries_changed
+                .store(false, std::sync::atomic::Ordering::Release);
+        } else if std::sync::atomic::AtomicBool::load(
+            &self.deliveries_changed,
+            std::sync::atomic::Ordering::Acquire,
+        ) {
+            // "Changed" only tells feeds, at most every FEED_INTERVAL.
+            let mut sent = self
+                .feed_sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let wait = sent
+                .map(|at| FEED_INTERVAL.saturating_sub(at.elapsed()))
+                .unwrap_or_default();
+            if wait.is_zero() || all {
+                self.deliveries_changed
+                    .store(false, std::sync::atomic::Ordering::Release);
+                *sent = Some(std::time::Instant::now());
+                channels.push(DELIVERIES_CHANNEL);
+                payloads.push(format!("{}\n{CHANGED_ONLY}", self.instance));
             } else {
-                format!("{}\n{CHANGED_ONLY}", self.instance)
-            };
-            let sent = async {
-                let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-                diesel::sql_query("SELECT pg_notify($1, $2)")
-                    .bind::<Text, _>(DELIVERIES_CHANNEL)
-                    .bind::<Text, _>(payload)
-                    .execute(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            if let Err(err) = sent {
-                tracing::warn!(error = %err, "could not notify other workers of new deliveries");
+                again = Some(wait);
             }
         }
         let changes: Vec<(String, i64)> =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()
                 .collect();
-        if changes.is_empty() {
-            return;
+        let streams = encode(self.instance, &changes);
+        let count = streams.len();
+        for payload in streams {
+            channels.push(CHANNEL);
+            payloads.push(payload);
         }
-        let payloads = encode(self.instance, &changes);
-        let count = payloads.len();
+        if payloads.is_empty() {
+            return again;
+        }
         let sent = async {
             let mut conn = pool.get().await.map_err(|e| e.to_string())?;
-            diesel::sql_query("SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p")
-                .bind::<Text, _>(CHANNEL)
-                .bind::<Array<Text>, _>(&payloads)
-                .execute(&mut conn)
-                .await
-                .map_err(|e| e.to_string())
+            prepared(
+                diesel::sql_query(
+                    "SELECT pg_notify(c, p) FROM unnest($1::text[], $2::text[]) AS t(c, p)",
+                )
+                .bind::<Array<Text>, _>(&channels)
+                .bind::<Array<Text>, _>(&payloads),
+            )
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())
         }
         .await;
         match sent {
@@ -211,9 +261,11 @@ impl Notifier {
                     inc(&self.metrics.notifications_sent);
                 }
             }
-            // Other instances catch up through their fallback check.
-            Err(err) => tracing::warn!(error = %err, "could not send stream notifications"),
+            // Other instances catch up through their fallback check (and their workers'
+            // poll).
+            Err(err) => tracing::warn!(error = %err, "could not send notifications"),
         }
+        again
     }
 }
 

@@ -9,6 +9,7 @@ use diesel::sql_types::{
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::db::prepared;
 use crate::db::schema::{attempts, deliveries, replays};
 
 /// A delivery as stored.
@@ -96,28 +97,47 @@ macro_rules! endpoint_matches_event {
     };
 }
 
-/// Fan-out, as the tail of the ingest statement after the events CTE `ev(id, stream, seq,
-/// event_type)` (see `event::insert_all`): a delivery for every endpoint that matches each
-/// event, `pending` for enabled endpoints and `failed` ("endpoint disabled") for disabled
-/// ones, so nothing is silently dropped; then the count of pending ones.
+/// Fan-out, as the part of the ingest statement (see `event::insert_all`) that follows
+/// the events CTE `ev(id, stream, seq, event_type)`: a delivery for every endpoint that
+/// matches each event. Disabled endpoints get it `failed` ("endpoint disabled"), so nothing
+/// is silently dropped. The rest are `pending`, except where the inserting instance
+/// claims them at once (`$8`, the claim token, is not null): those are inserted
+/// `delivering` with its token and a lease of `$9` seconds, and the instance attempts them
+/// from memory. Ordered and rate-limited endpoints, and those listed in `$10` (the
+/// instance has enough of theirs in hand), are left to the claim query, which knows their
+/// rules.
 ///
 /// An endpoint without stream filters gets every stream except Herald's own `herald:*`
 /// streams, which are opt-in (`"streams": ["herald:ops"]`): a catch-all endpoint should not
 /// start receiving operational events, nor be told about its own failures.
-pub const FAN_OUT_FROM_EV: &str = concat!(
-    "inserted AS ( \
-       INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
-                               next_attempt_at, last_error, created_at, updated_at) \
-       SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, \
-              CASE WHEN e.enabled THEN 'pending' ELSE 'failed' END, \
-              CASE WHEN e.enabled THEN now() END, \
-              CASE WHEN e.enabled THEN NULL ELSE 'endpoint disabled' END, \
-              clock_timestamp(), now() \
-       FROM ev JOIN endpoints e ON ",
-    endpoint_matches_event!(),
-    " RETURNING status) \
-     SELECT count(*) FILTER (WHERE status = 'pending') AS pending FROM inserted"
-);
+macro_rules! fan_out_from_ev {
+    () => {
+        concat!(
+            "inserted AS ( \
+               INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                                       attempts, next_attempt_at, lease_until, claim_token, \
+                                       last_error, created_at, updated_at) \
+               SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, x.status, \
+                      CASE WHEN x.status = 'delivering' THEN 1 ELSE 0 END, \
+                      CASE WHEN e.enabled THEN now() END, \
+                      CASE WHEN x.status = 'delivering' THEN now() + make_interval(secs => $9) END, \
+                      CASE WHEN x.status = 'delivering' THEN $8::uuid END, \
+                      CASE WHEN e.enabled THEN NULL ELSE 'endpoint disabled' END, \
+                      clock_timestamp(), now() \
+               FROM ev JOIN endpoints e ON ",
+            endpoint_matches_event!(),
+            " CROSS JOIN LATERAL (SELECT CASE \
+                   WHEN NOT e.enabled THEN 'failed' \
+                   WHEN $8::uuid IS NOT NULL AND NOT e.ordered AND e.rate_limit IS NULL \
+                        AND e.id <> ALL ($10::uuid[]) THEN 'delivering' \
+                   ELSE 'pending' END AS status) AS x \
+               RETURNING id, event_id, endpoint_id, status)"
+        )
+    };
+}
+pub(crate) use fan_out_from_ev;
+
+pub(crate) use endpoint_matches_event;
 
 /// A claimed delivery with what sending it needs.
 #[derive(Debug, Clone, QueryableByName)]
@@ -173,13 +193,43 @@ pub struct Claimed {
     /// The endpoint's deliveries-per-second limit.
     #[diesel(sql_type = Nullable<Integer>)]
     pub rate_limit: Option<i32>,
+    /// Whether the endpoint takes each stream in order.
+    #[diesel(sql_type = Bool)]
+    pub ordered: bool,
+}
+
+#[cfg(test)]
+impl Claimed {
+    /// A delivery for unit tests.
+    pub fn example() -> Self {
+        Self {
+            id: Uuid::nil(),
+            attempts: 1,
+            replay_requested: false,
+            replay_requested_by: None,
+            event_id: Uuid::nil(),
+            stream: "s".into(),
+            seq: 1,
+            event_type: "t".into(),
+            payload: "{}".into(),
+            event_created_at: Utc::now(),
+            endpoint_id: Uuid::nil(),
+            url: "http://example.com/".into(),
+            secret: vec![1; 24],
+            previous_secret: None,
+            headers: serde_json::json!({}),
+            max_in_flight: 10,
+            rate_limit: None,
+            ordered: false,
+        }
+    }
 }
 
 /// Claims up to `limit` due deliveries (and ones whose claim expired) for `lease_secs`,
 /// skipping rows other workers hold, disabled endpoints, and, for ordered endpoints,
 /// deliveries with an unfinished predecessor in their stream. No endpoint gets more than
-/// its `max_in_flight`, less what this worker already has in flight for it
-/// (`busy_endpoints` with `busy_counts`).
+/// its `room`: for the endpoints listed in `endpoints`, the matching entry of `rooms` (what
+/// the worker may still hold of theirs), for the others their `max_in_flight`.
 ///
 /// Run it on a connection with `enable_bitmapscan` off (see [`prepare_claim_connection`]).
 pub async fn claim(
@@ -187,10 +237,10 @@ pub async fn claim(
     limit: i64,
     lease_secs: f64,
     token: Uuid,
-    busy_endpoints: &[Uuid],
-    busy_counts: &[i32],
+    endpoints: &[Uuid],
+    rooms: &[i32],
 ) -> QueryResult<Vec<Claimed>> {
-    diesel::sql_query(
+    prepared(diesel::sql_query(
         "WITH due AS ( \
            SELECT c.id, c.endpoint_id, c.next_attempt_at AS due_at, e.max_in_flight \
              FROM deliveries c JOIN endpoints e ON e.id = c.endpoint_id \
@@ -213,9 +263,9 @@ pub async fn claim(
          ranked AS ( \
            SELECT k.id, k.due_at, \
                   row_number() OVER (PARTITION BY k.endpoint_id ORDER BY k.due_at) AS rn, \
-                  k.max_in_flight - COALESCE(b.n, 0) AS room \
+                  COALESCE(b.room, k.max_in_flight) AS room \
              FROM candidates k \
-             LEFT JOIN unnest($4::uuid[], $5::int4[]) AS b(endpoint_id, n) ON b.endpoint_id = k.endpoint_id), \
+             LEFT JOIN unnest($4::uuid[], $5::int4[]) AS b(endpoint_id, room) ON b.endpoint_id = k.endpoint_id), \
          chosen AS ( \
            SELECT id FROM ranked WHERE rn <= room ORDER BY due_at LIMIT $1), \
          claimed AS ( \
@@ -228,15 +278,15 @@ pub async fn claim(
                 ev.id AS event_id, ev.stream, ev.seq, ev.event_type, ev.payload::text AS payload, \
                 ev.created_at AS event_created_at, e.id AS endpoint_id, e.url, e.secret, \
                 CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END AS previous_secret, \
-                e.headers, e.max_in_flight, e.rate_limit \
+                e.headers, e.max_in_flight, e.rate_limit, e.ordered \
            FROM claimed JOIN events ev ON ev.id = claimed.event_id \
                         JOIN endpoints e ON e.id = claimed.endpoint_id",
     )
     .bind::<BigInt, _>(limit)
     .bind::<Double, _>(lease_secs)
     .bind::<SqlUuid, _>(token)
-    .bind::<Array<SqlUuid>, _>(busy_endpoints)
-    .bind::<Array<Integer>, _>(busy_counts)
+    .bind::<Array<SqlUuid>, _>(endpoints)
+    .bind::<Array<Integer>, _>(rooms))
     .load(conn)
     .await
 }
@@ -266,48 +316,21 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-/// Records an attempt and its outcome, if this worker still holds the claim. Returns
-/// whether it did (a claim that expired and was taken over is not overwritten).
-pub async fn record(
-    conn: &mut AsyncPgConnection,
-    delivery_id: Uuid,
-    token: Uuid,
-    outcome: &Outcome,
-    attempt: &Attempt,
-) -> QueryResult<bool> {
-    let updated = diesel::sql_query(
-        "UPDATE deliveries SET status = $3, next_attempt_at = $4, lease_until = NULL, \
-                claim_token = NULL, last_status_code = $5, last_error = $6, \
-                replay_requested = false, replay_requested_by = NULL, updated_at = now() \
-          WHERE id = $1 AND claim_token = $2",
-    )
-    .bind::<SqlUuid, _>(delivery_id)
-    .bind::<SqlUuid, _>(token)
-    .bind::<Text, _>(outcome.status)
-    .bind::<Nullable<Timestamptz>, _>(outcome.next_attempt_at)
-    .bind::<Nullable<Integer>, _>(outcome.status_code)
-    .bind::<Nullable<Text>, _>(outcome.error.as_deref())
-    .execute(conn)
-    .await?;
-    diesel::insert_into(attempts::table)
-        .values(attempt)
-        .execute(conn)
-        .await?;
-    Ok(updated == 1)
-}
-
-/// Records many attempts and their outcomes in one statement each: outcomes only where
-/// the claim still holds (`tokens`), attempts always (they happened). Returns the ids
-/// whose outcome was recorded.
+/// Records many attempts and their outcomes in one statement: outcomes only where the
+/// claim still holds (`items`: delivery, token, outcome), attempts always (they happened).
+/// Returns the ids whose outcome was recorded.
 pub async fn record_many(
     conn: &mut AsyncPgConnection,
     items: &[(Uuid, Uuid, &Outcome)],
-    attempts: &[Attempt],
+    attempts: &[&Attempt],
 ) -> QueryResult<Vec<Uuid>> {
     #[derive(QueryableByName)]
     struct Id {
         #[diesel(sql_type = SqlUuid)]
         id: Uuid,
+    }
+    if items.is_empty() && attempts.is_empty() {
+        return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
     let tokens: Vec<Uuid> = items.iter().map(|(_, token, _)| *token).collect();
@@ -316,30 +339,88 @@ pub async fn record_many(
         items.iter().map(|(_, _, o)| o.next_attempt_at).collect();
     let codes: Vec<Option<i32>> = items.iter().map(|(_, _, o)| o.status_code).collect();
     let errors: Vec<Option<&str>> = items.iter().map(|(_, _, o)| o.error.as_deref()).collect();
-    let recorded: Vec<Id> = diesel::sql_query(
-        "UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, lease_until = NULL, \
-                claim_token = NULL, last_status_code = u.code, last_error = u.err, \
-                replay_requested = false, replay_requested_by = NULL, updated_at = now() \
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[], $6::text[]) \
-                AS u(id, token, status, next_at, code, err) \
-          WHERE d.id = u.id AND d.claim_token = u.token \
-         RETURNING d.id",
+    let a_ids: Vec<Uuid> = attempts.iter().map(|a| a.id).collect();
+    let a_deliveries: Vec<Uuid> = attempts.iter().map(|a| a.delivery_id).collect();
+    let a_started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
+    let a_durations: Vec<i32> = attempts.iter().map(|a| a.duration_ms).collect();
+    let a_triggers: Vec<&str> = attempts.iter().map(|a| a.trigger.as_str()).collect();
+    let a_by: Vec<Option<Uuid>> = attempts.iter().map(|a| a.triggered_by).collect();
+    let a_request_headers: Vec<&serde_json::Value> =
+        attempts.iter().map(|a| &a.request_headers).collect();
+    let a_status: Vec<Option<i32>> = attempts.iter().map(|a| a.response_status).collect();
+    let a_response_headers: Vec<Option<&serde_json::Value>> = attempts
+        .iter()
+        .map(|a| a.response_headers.as_ref())
+        .collect();
+    let a_bodies: Vec<Option<&str>> = attempts
+        .iter()
+        .map(|a| a.response_body.as_deref())
+        .collect();
+    let a_classes: Vec<Option<&str>> = attempts.iter().map(|a| a.error_class.as_deref()).collect();
+    let a_details: Vec<Option<&str>> = attempts.iter().map(|a| a.error_detail.as_deref()).collect();
+    let recorded: Vec<Id> = prepared(
+        diesel::sql_query(
+            "WITH a AS ( \
+               INSERT INTO attempts (id, delivery_id, started_at, duration_ms, trigger, triggered_by, \
+                                     request_headers, response_status, response_headers, \
+                                     response_body, error_class, error_detail) \
+               SELECT * FROM unnest($7::uuid[], $8::uuid[], $9::timestamptz[], $10::int4[], \
+                                    $11::text[], $12::uuid[], $13::jsonb[], $14::int4[], \
+                                    $15::jsonb[], $16::text[], $17::text[], $18::text[])) \
+             UPDATE deliveries d SET status = u.status, next_attempt_at = u.next_at, \
+                    lease_until = NULL, claim_token = NULL, last_status_code = u.code, \
+                    last_error = u.err, replay_requested = false, replay_requested_by = NULL, \
+                    updated_at = now() \
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[], \
+                           $6::text[]) AS u(id, token, status, next_at, code, err) \
+              WHERE d.id = u.id AND d.claim_token = u.token \
+             RETURNING d.id",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&tokens)
+        .bind::<Array<Text>, _>(&statuses)
+        .bind::<Array<Nullable<Timestamptz>>, _>(&next_at)
+        .bind::<Array<Nullable<Integer>>, _>(&codes)
+        .bind::<Array<Nullable<Text>>, _>(&errors)
+        .bind::<Array<SqlUuid>, _>(&a_ids)
+        .bind::<Array<SqlUuid>, _>(&a_deliveries)
+        .bind::<Array<Timestamptz>, _>(&a_started)
+        .bind::<Array<Integer>, _>(&a_durations)
+        .bind::<Array<Text>, _>(&a_triggers)
+        .bind::<Array<Nullable<SqlUuid>>, _>(&a_by)
+        .bind::<Array<Jsonb>, _>(&a_request_headers)
+        .bind::<Array<Nullable<Integer>>, _>(&a_status)
+        .bind::<Array<Nullable<Jsonb>>, _>(&a_response_headers)
+        .bind::<Array<Nullable<Text>>, _>(&a_bodies)
+        .bind::<Array<Nullable<Text>>, _>(&a_classes)
+        .bind::<Array<Nullable<Text>>, _>(&a_details),
     )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<SqlUuid>, _>(&tokens)
-    .bind::<Array<Text>, _>(&statuses)
-    .bind::<Array<Nullable<Timestamptz>>, _>(&next_at)
-    .bind::<Array<Nullable<Integer>>, _>(&codes)
-    .bind::<Array<Nullable<Text>>, _>(&errors)
     .load(conn)
     .await?;
-    for chunk in attempts.chunks(1000) {
-        diesel::insert_into(attempts::table)
-            .values(chunk)
-            .execute(conn)
-            .await?;
-    }
     Ok(recorded.into_iter().map(|r| r.id).collect())
+}
+
+/// Gives back claims that were never attempted (`(delivery, token)`): due now again, with
+/// the attempt the claim counted taken back. Only where the claim still holds.
+pub async fn release(conn: &mut AsyncPgConnection, claims: &[(Uuid, Uuid)]) -> QueryResult<usize> {
+    if claims.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = claims.iter().map(|(id, _)| *id).collect();
+    let tokens: Vec<Uuid> = claims.iter().map(|(_, token)| *token).collect();
+    prepared(
+        diesel::sql_query(
+            "UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), \
+                    lease_until = NULL, claim_token = NULL, attempts = d.attempts - 1, \
+                    updated_at = now() \
+               FROM unnest($1::uuid[], $2::uuid[]) AS r(id, token) \
+              WHERE d.id = r.id AND d.claim_token = r.token",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&tokens),
+    )
+    .execute(conn)
+    .await
 }
 
 /// Marks an endpoint's unfinished deliveries failed (it was disabled or deleted).

@@ -4,12 +4,16 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Json, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{
+    Array, BigInt, Bytea, Double, Integer, Json, Jsonb, Nullable, Text, Timestamptz,
+    Uuid as SqlUuid,
+};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use crate::db::RawJson;
+use crate::db::models::delivery::{Claimed, endpoint_matches_event, fan_out_from_ev};
 use crate::db::schema::events;
+use crate::db::{RawJson, prepared};
 use crate::domain::{EventType, StreamName};
 
 /// A stored event.
@@ -55,115 +59,207 @@ impl PendingEvent {
     }
 }
 
-#[derive(QueryableByName)]
-struct Counter {
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = BigInt)]
-    last_seq: i64,
-    #[diesel(sql_type = Timestamptz)]
-    now: DateTime<Utc>,
+/// Claiming at insert: the instance that commits an event attempts its deliveries from
+/// memory, so their first attempt needs no claim query (see `delivery::worker`).
+#[derive(Debug, Clone)]
+pub struct InsertClaim {
+    /// The claim token the deliveries are inserted with.
+    pub token: Uuid,
+    /// How long the claim lasts.
+    pub lease_secs: f64,
+    /// Endpoints not to claim for (the instance has enough of theirs in hand).
+    pub skip_endpoints: Vec<Uuid>,
+    /// When the claim was made, before the statement was sent: the lease ends no sooner
+    /// than `lease_secs` after this.
+    pub issued_at: std::time::Instant,
 }
 
-/// Stores `pending` in the caller's transaction and returns them as stored, in input order,
-/// with a webhook delivery for every endpoint that subscribes to each.
+/// One row of the ingest statement's answer: a stream's counter, or a delivery claimed
+/// at insert.
+#[derive(QueryableByName)]
+struct IngestRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    stream: Option<String>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    last_seq: Option<i64>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    delivery_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    event_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    endpoint_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    url: Option<String>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    secret: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    previous_secret: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    headers: Option<serde_json::Value>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    max_in_flight: Option<i32>,
+    #[diesel(sql_type = Nullable<Integer>)]
+    rate_limit: Option<i32>,
+    #[diesel(sql_type = Timestamptz)]
+    now: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    pending: i64,
+}
+
+/// The ingest statement: counters, events and deliveries in one round trip, so a group
+/// of events needs no `BEGIN`/`COMMIT` of its own (one statement is one transaction).
+///
+/// `$1`/`$2`: each stream and how many events it gets, sorted by name (counter rows are
+/// locked in that order, so two groups touching the same streams cannot deadlock).
+/// `$3`..`$7`: the events, each with its 1-based position among its stream's events in
+/// this group; its seq is the counter's new value minus the stream's count plus that
+/// position. `$8`..`$10`: the claim at insert (see `delivery::fan_out_from_ev`).
+const INGEST: &str = concat!(
+    "WITH c AS ( \
+       INSERT INTO streams AS s (name, last_seq) \
+       SELECT name, n FROM unnest($1::text[], $2::int8[]) AS t(name, n) ORDER BY name \
+       ON CONFLICT (name) DO UPDATE \
+         SET last_seq = s.last_seq + EXCLUDED.last_seq, updated_at = now() \
+       RETURNING s.name, s.last_seq), \
+     ev AS ( \
+       INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
+       SELECT t.id, t.stream, c.last_seq - k.n + t.nth, t.event_type, t.payload, now() \
+         FROM unnest($3::uuid[], $4::text[], $5::int8[], $6::text[], $7::json[]) \
+                AS t(id, stream, nth, event_type, payload) \
+         JOIN unnest($1::text[], $2::int8[]) AS k(name, n) ON k.name = t.stream \
+         JOIN c ON c.name = t.stream \
+       RETURNING id, stream, seq, event_type), ",
+    fan_out_from_ev!(),
+    " SELECT c.name AS stream, c.last_seq, NULL::uuid AS delivery_id, NULL::uuid AS event_id, \
+            NULL::uuid AS endpoint_id, NULL::text AS url, NULL::bytea AS secret, \
+            NULL::bytea AS previous_secret, NULL::jsonb AS headers, NULL::int4 AS max_in_flight, \
+            NULL::int4 AS rate_limit, now() AS now, \
+            (SELECT count(*) FROM inserted WHERE status = 'pending') AS pending \
+       FROM c \
+     UNION ALL \
+     SELECT NULL, NULL, i.id, i.event_id, e.id, e.url, e.secret, \
+            CASE WHEN e.previous_secret_expires_at > now() THEN e.previous_secret END, \
+            e.headers, e.max_in_flight, e.rate_limit, now(), 0 \
+       FROM inserted i JOIN endpoints e ON e.id = i.endpoint_id \
+      WHERE i.status = 'delivering'"
+);
+
+/// Stores `pending` and returns them as stored, in input order, with a webhook delivery
+/// for every endpoint that subscribes to each; with `claim`, the deliveries this instance
+/// may attempt at once are returned claimed. One statement: run it alone (it is its own
+/// transaction) or in the caller's transaction.
 ///
 /// Each stream's counter row is advanced once by the number of its events. The row lock
 /// that this takes is held until commit, so a later writer of the same stream waits for this
 /// transaction: seq order is commit order, and a reader that has seen seq N can never later
-/// find an event below N. Counters are locked in name order so that two batches touching the
-/// same streams cannot deadlock.
+/// find an event below N.
 pub async fn insert_all(
     conn: &mut AsyncPgConnection,
     pending: Vec<PendingEvent>,
+    claim: Option<&InsertClaim>,
 ) -> QueryResult<Stored> {
     if pending.is_empty() {
-        return Ok(Stored {
-            events: Vec::new(),
-            pending_deliveries: 0,
-        });
+        return Ok(Stored::default());
     }
     let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-    for event in &pending {
-        *counts.entry(event.stream.as_str()).or_default() += 1;
-    }
+    let nths: Vec<i64> = pending
+        .iter()
+        .map(|event| {
+            let n = counts.entry(event.stream.as_str()).or_default();
+            *n += 1;
+            *n
+        })
+        .collect();
     let names: Vec<&str> = counts.keys().copied().collect();
     let increments: Vec<i64> = counts.values().copied().collect();
-    let counters: Vec<Counter> = diesel::sql_query(
-        "INSERT INTO streams AS s (name, last_seq) \
-         SELECT name, n FROM unnest($1::text[], $2::int8[]) AS t(name, n) ORDER BY name \
-         ON CONFLICT (name) DO UPDATE \
-           SET last_seq = s.last_seq + EXCLUDED.last_seq, updated_at = now() \
-         RETURNING s.name, s.last_seq, now() AS now",
+    let ids: Vec<Uuid> = pending.iter().map(|e| e.id).collect();
+    let streams: Vec<&str> = pending.iter().map(|e| e.stream.as_str()).collect();
+    let types: Vec<&str> = pending.iter().map(|e| e.event_type.as_str()).collect();
+    let payloads: Vec<&RawJson> = pending.iter().map(|e| &e.payload).collect();
+    let no_skip = Vec::new();
+    let rows: Vec<IngestRow> = prepared(
+        diesel::sql_query(INGEST)
+            .bind::<Array<Text>, _>(&names)
+            .bind::<Array<BigInt>, _>(&increments)
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .bind::<Array<Text>, _>(&streams)
+            .bind::<Array<BigInt>, _>(&nths)
+            .bind::<Array<Text>, _>(&types)
+            .bind::<Array<Json>, _>(&payloads)
+            .bind::<Nullable<SqlUuid>, _>(claim.map(|c| c.token))
+            .bind::<Double, _>(claim.map_or(0.0, |c| c.lease_secs))
+            .bind::<Array<SqlUuid>, _>(claim.map_or(&no_skip, |c| &c.skip_endpoints)),
     )
-    .bind::<Array<Text>, _>(&names)
-    .bind::<Array<BigInt>, _>(&increments)
     .load(conn)
     .await?;
 
-    // The next seq to hand out per stream: the first of this batch's block.
-    let mut next: BTreeMap<String, i64> = BTreeMap::new();
+    let mut first: BTreeMap<String, i64> = BTreeMap::new();
     let mut now = Utc::now();
-    for counter in counters {
-        let count = counts[counter.name.as_str()];
-        now = counter.now;
-        next.insert(counter.name, counter.last_seq - count + 1);
-    }
-    let rows: Vec<Event> = pending
-        .into_iter()
-        .map(|p| {
-            let seq = next.get_mut(p.stream.as_str()).map_or(0, |s| {
-                *s += 1;
-                *s - 1
-            });
-            Event {
-                id: p.id,
-                stream: p.stream.into_inner(),
-                seq,
-                event_type: p.event_type.into_inner(),
-                payload: p.payload,
-                created_at: now,
+    let mut pending_deliveries = 0;
+    let mut claimed_rows = Vec::new();
+    for row in rows {
+        now = row.now;
+        match (&row.stream, row.last_seq) {
+            (Some(stream), Some(last_seq)) => {
+                pending_deliveries = usize::try_from(row.pending).unwrap_or(0);
+                let count = counts.get(stream.as_str()).copied().unwrap_or(0);
+                first.insert(stream.clone(), last_seq - count + 1);
             }
+            _ => claimed_rows.push(row),
+        }
+    }
+    let events: Vec<Event> = pending
+        .into_iter()
+        .zip(nths)
+        .map(|(p, nth)| Event {
+            id: p.id,
+            seq: first.get(p.stream.as_str()).map_or(0, |s| s + nth - 1),
+            stream: p.stream.into_inner(),
+            event_type: p.event_type.into_inner(),
+            payload: p.payload,
+            created_at: now,
         })
         .collect();
-    // One statement with one array per column: the same SQL whatever the row count, so it
-    // is prepared once per connection, and binding five arrays is far cheaper than
-    // 6 x N scalar parameters.
-    let ids: Vec<Uuid> = rows.iter().map(|e| e.id).collect();
-    let streams: Vec<&str> = rows.iter().map(|e| e.stream.as_str()).collect();
-    let seqs: Vec<i64> = rows.iter().map(|e| e.seq).collect();
-    let types: Vec<&str> = rows.iter().map(|e| e.event_type.as_str()).collect();
-    let payloads: Vec<&RawJson> = rows.iter().map(|e| &e.payload).collect();
-    // The events and their webhook deliveries in one statement: one round trip, and the
-    // deliveries come from the rows just inserted.
-    #[derive(QueryableByName)]
-    struct Pending {
-        #[diesel(sql_type = BigInt)]
-        pending: i64,
-    }
-    let inserted: Pending = diesel::sql_query(format!(
-        "WITH ev AS ( \
-           INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
-           SELECT id, stream, seq, event_type, payload, $6 \
-           FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::json[]) \
-             AS t(id, stream, seq, event_type, payload) \
-           RETURNING id, stream, seq, event_type), \
-         {}",
-        crate::db::models::delivery::FAN_OUT_FROM_EV
-    ))
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .bind::<Array<Text>, _>(&streams)
-    .bind::<Array<BigInt>, _>(&seqs)
-    .bind::<Array<Text>, _>(&types)
-    .bind::<Array<Json>, _>(&payloads)
-    .bind::<Timestamptz, _>(now)
-    .get_result(conn)
-    .await?;
-    let pending_deliveries = usize::try_from(inserted.pending).unwrap_or(0);
+    let claimed = claimed_deliveries(&events, claimed_rows);
     Ok(Stored {
-        events: rows,
+        events,
         pending_deliveries,
+        claimed,
+        claimed_with: claim.map(|c| (c.token, c.issued_at)),
     })
+}
+
+/// The deliveries claimed at insert, with what sending them needs.
+fn claimed_deliveries(events: &[Event], rows: Vec<IngestRow>) -> Vec<Claimed> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let by_id: std::collections::HashMap<Uuid, &Event> = events.iter().map(|e| (e.id, e)).collect();
+    rows.into_iter()
+        .filter_map(|row| {
+            let event = by_id.get(&row.event_id?)?;
+            Some(Claimed {
+                id: row.delivery_id?,
+                attempts: 1,
+                replay_requested: false,
+                replay_requested_by: None,
+                event_id: event.id,
+                stream: event.stream.clone(),
+                seq: event.seq,
+                event_type: event.event_type.clone(),
+                payload: event.payload.0.get().to_owned(),
+                event_created_at: event.created_at,
+                endpoint_id: row.endpoint_id?,
+                url: row.url?,
+                secret: row.secret?,
+                previous_secret: row.previous_secret,
+                headers: row.headers.unwrap_or(serde_json::Value::Null),
+                max_in_flight: row.max_in_flight.unwrap_or(1),
+                rate_limit: row.rate_limit,
+                ordered: false,
+            })
+        })
+        .collect()
 }
 
 /// Stores `pending` with one delivery, to `endpoint_id` only, whatever the endpoints'
@@ -220,12 +316,16 @@ pub async fn insert_for_endpoint(
 }
 
 /// What [`insert_all`] stored.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Stored {
     /// The events, in input order.
     pub events: Vec<Event>,
-    /// Webhook deliveries created for them that are due now.
+    /// Webhook deliveries created for them that are due now (for any instance's worker).
     pub pending_deliveries: usize,
+    /// Deliveries claimed at insert, for this instance's worker to attempt now.
+    pub claimed: Vec<Claimed>,
+    /// The token they were claimed with, and when the claim was made.
+    pub claimed_with: Option<(Uuid, std::time::Instant)>,
 }
 
 /// The event with this id.
