@@ -143,7 +143,6 @@ impl Application {
             let sender = Sender::new(settings.destinations.clone(), settings.delivery_timeout)?;
             let worker = Worker::new(
                 WorkerParts {
-                    pool: pool.clone(),
                     sender,
                     wake: delivery_wake.clone(),
                     queue,

@@ -180,13 +180,76 @@ impl Sse {
     fn format(&mut self, events: &[Arc<EventJson>]) -> String {
         let mut out = String::new();
         for event in events {
-            out.push_str(&format!(
-                "id: {}\nevent: {}\ndata: {}\n\n",
-                event.seq, event.event_type, event.json
-            ));
+            out.push_str(&format!("id: {}\nevent: {}\n", event.seq, event.event_type));
+            push_data(&mut out, &event.json);
+            out.push('\n');
             self.cursor = event.seq;
         }
         self.heartbeat.reset();
         out
+    }
+}
+
+/// Appends `text` as `data:` fields, one per line of it. A `data:` field ends at CR, LF or
+/// CRLF, and stored payloads keep the producer's line breaks: written on one line, the
+/// rest of the JSON would be read as unknown fields and dropped while the `id:` still moved
+/// the client's cursor. The client joins the fields with LF, so a payload's CR and CRLF
+/// breaks come back as LF: whitespace between JSON tokens, the same value. (A line break
+/// can only stand between tokens: inside a JSON string it is escaped.)
+fn push_data(out: &mut String, text: &str) {
+    let mut rest = text;
+    loop {
+        out.push_str("data: ");
+        match rest.find(['\r', '\n']) {
+            Some(at) => {
+                out.push_str(&rest[..at]);
+                out.push('\n');
+                let skip = if rest[at..].starts_with("\r\n") { 2 } else { 1 };
+                rest = &rest[at + skip..];
+            }
+            None => {
+                out.push_str(rest);
+                out.push('\n');
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_data;
+
+    /// What an EventSource makes of `data:` lines: the fields joined with LF.
+    fn parse(frame: &str) -> String {
+        let mut data = Vec::new();
+        for line in frame.split('\n') {
+            if let Some(value) = line.strip_prefix("data: ") {
+                data.push(value);
+            }
+        }
+        data.join("\n")
+    }
+
+    #[test]
+    fn every_line_break_starts_a_new_data_field_and_the_json_survives() {
+        for (text, expected) in [
+            ("{\"a\":1}", "{\"a\":1}"),
+            ("{\"s\":\n\"ok\"}", "{\"s\":\n\"ok\"}"),
+            ("{\"s\":\r\n\"ok\"}", "{\"s\":\n\"ok\"}"),
+            ("{\"s\":\r\"ok\"}", "{\"s\":\n\"ok\"}"),
+            ("{\"s\":\"\u{2028}\"}", "{\"s\":\"\u{2028}\"}"),
+            ("{\n\n\"s\": 1\r\n}", "{\n\n\"s\": 1\n}"),
+        ] {
+            let mut out = String::new();
+            push_data(&mut out, text);
+            assert!(!out.contains('\r'), "{out:?}");
+            assert_eq!(parse(&out), expected);
+            let parsed: serde_json::Value = serde_json::from_str(&parse(&out)).unwrap();
+            assert_eq!(
+                parsed,
+                serde_json::from_str::<serde_json::Value>(text).unwrap()
+            );
+        }
     }
 }

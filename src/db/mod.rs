@@ -116,3 +116,76 @@ pub fn run_migrations(database_url: &str) -> anyhow::Result<()> {
         .execute(&mut conn)?;
     result
 }
+
+/// A connection of its own for one background task, outside the pool, opened on first use
+/// with a session setup statement, and opened again after an error.
+pub struct Dedicated {
+    url: String,
+    timeout: Duration,
+    application_name: &'static str,
+    setup: &'static str,
+    slot: tokio::sync::Mutex<Option<AsyncPgConnection>>,
+}
+
+impl std::fmt::Debug for Dedicated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedicated")
+            .field("application_name", &self.application_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dedicated {
+    /// A connection to `url` that PostgreSQL shows as `application_name`, set up with
+    /// `setup` (for example `SET enable_bitmapscan = off`) when opened.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        application_name: &'static str,
+        setup: &'static str,
+    ) -> Self {
+        Self {
+            url: url.to_owned(),
+            timeout,
+            application_name,
+            setup,
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The connection, opened first if needed. Call [`DedicatedGuard::discard`] after an
+    /// error, so the next use opens a fresh one.
+    pub async fn lock(&self) -> anyhow::Result<DedicatedGuard<'_>> {
+        use diesel_async::SimpleAsyncConnection as _;
+        let mut slot = self.slot.lock().await;
+        if slot.is_none() {
+            let mut conn = establish_named(&self.url, self.timeout, self.application_name).await?;
+            conn.batch_execute(self.setup).await?;
+            *slot = Some(conn);
+        }
+        Ok(DedicatedGuard { slot })
+    }
+}
+
+/// A locked [`Dedicated`] connection.
+#[expect(
+    missing_debug_implementations,
+    reason = "holds a connection, which has no Debug"
+)]
+pub struct DedicatedGuard<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<AsyncPgConnection>>,
+}
+
+impl DedicatedGuard<'_> {
+    /// The connection.
+    pub fn conn(&mut self) -> anyhow::Result<&mut AsyncPgConnection> {
+        self.slot
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the connection was discarded"))
+    }
+
+    /// Drops the connection (after an error): the next use opens a fresh one.
+    pub fn discard(mut self) {
+        *self.slot = None;
+    }
+}

@@ -43,7 +43,7 @@ use super::sender::Sender;
 
 use crate::db::models::delivery::{self, Claimed};
 use crate::db::models::event::PendingEvent;
-use crate::db::{DbPool, RawJson};
+use crate::db::{Dedicated, RawJson};
 use crate::domain::retry::RetrySchedule;
 use crate::domain::{EventType, StreamName};
 use crate::ingest::Ingest;
@@ -181,7 +181,6 @@ impl EndpointState {
 
 /// The worker's configuration and shared parts.
 pub struct Worker {
-    pub(super) pool: DbPool,
     sender: Sender,
     pub(super) schedule: RetrySchedule,
     lease: Duration,
@@ -199,9 +198,12 @@ pub struct Worker {
     endpoints: Mutex<HashMap<Uuid, EndpointState>>,
     /// Until when each endpoint's last success counts as written (see the recorder).
     pub(super) health_noted: Mutex<HashMap<Uuid, Instant>>,
-    database_url: String,
-    connect_timeout: Duration,
-    claim_conn: tokio::sync::Mutex<Option<diesel_async::AsyncPgConnection>>,
+    /// Claims run on a connection of their own, with plain index scans (see
+    /// `delivery::CLAIM_SESSION`).
+    claim_conn: Dedicated,
+    /// Records are written on a connection of their own, with `synchronous_commit` off:
+    /// see the recorder.
+    pub(super) record_conn: Dedicated,
     permits: Arc<Semaphore>,
     records: mpsc::UnboundedSender<Message>,
     recorder_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
@@ -228,8 +230,6 @@ impl std::fmt::Debug for Worker {
     reason = "holds the pool, which has no Debug"
 )]
 pub struct WorkerParts {
-    /// The pool for recording.
-    pub pool: DbPool,
     /// The HTTP sender.
     pub sender: Sender,
     /// Notified when deliveries become due.
@@ -252,7 +252,6 @@ impl Worker {
     pub fn new(parts: WorkerParts, settings: WorkerSettings) -> Arc<Self> {
         let (records, rx) = mpsc::unbounded_channel();
         Arc::new(Self {
-            pool: parts.pool,
             sender: parts.sender,
             schedule: settings.schedule,
             lease: lease_for(settings.timeout),
@@ -267,9 +266,18 @@ impl Worker {
             queue: parts.queue,
             endpoints: Mutex::new(HashMap::new()),
             health_noted: Mutex::new(HashMap::new()),
-            database_url: settings.database_url,
-            connect_timeout: settings.connect_timeout,
-            claim_conn: tokio::sync::Mutex::new(None),
+            claim_conn: Dedicated::new(
+                &settings.database_url,
+                settings.connect_timeout,
+                "herald-worker",
+                delivery::CLAIM_SESSION,
+            ),
+            record_conn: Dedicated::new(
+                &settings.database_url,
+                settings.connect_timeout,
+                "herald-recorder",
+                delivery::RECORD_SESSION,
+            ),
             permits: Arc::new(Semaphore::new(settings.concurrency)),
             records,
             recorder_rx: Mutex::new(Some(rx)),
@@ -515,45 +523,21 @@ impl Worker {
         (ids, rooms, queued + in_flight)
     }
 
-    /// One claim on the worker's own connection (opened on first use, and again after
-    /// an error).
+    /// One claim on the worker's own connection.
     async fn claim(
         &self,
         limit: i64,
         token: Uuid,
         endpoints: &[Uuid],
         rooms: &[i32],
-    ) -> Result<Vec<Claimed>, String> {
-        let mut slot = self.claim_conn.lock().await;
-        if slot.is_none() {
-            let mut conn = crate::db::establish_named(
-                &self.database_url,
-                self.connect_timeout,
-                "herald-worker",
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            delivery::prepare_claim_connection(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            *slot = Some(conn);
-        }
-        let Some(conn) = slot.as_mut() else {
-            return Err("no claim connection".into());
-        };
-        let result = delivery::claim(
-            conn,
-            limit,
-            self.lease.as_secs_f64(),
-            token,
-            endpoints,
-            rooms,
-        )
-        .await;
+    ) -> anyhow::Result<Vec<Claimed>> {
+        let lease = self.lease.as_secs_f64();
+        let mut guard = self.claim_conn.lock().await?;
+        let result = delivery::claim(guard.conn()?, limit, lease, token, endpoints, rooms).await;
         if result.is_err() {
-            *slot = None;
+            guard.discard();
         }
-        result.map_err(|e| e.to_string())
+        Ok(result?)
     }
 
     /// Publishes operational events on `herald:ops` (best effort: a failure is logged).

@@ -335,3 +335,105 @@ async fn three_instances_under_load_and_a_sigterm_deliver_everything_never_twice
         requests.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deliveries_claimed_at_insert_by_an_instance_killed_mid_attempt_are_delivered_by_another_after_the_lease()
+ {
+    // An API-only instance to set up and to watch.
+    let app = spawn_app_with(|s| {
+        s.delivery_concurrency = 0;
+        s.destinations =
+            herald::domain::destination::DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    // The first instance's attempts hang until it is killed.
+    receiver.set_default(Reply::status(200).after(Duration::from_secs(60)));
+    let created = app
+        .post("/v1/endpoints", &json!({"url": receiver.url}))
+        .await;
+    assert_eq!(created.status(), 201);
+
+    let port = free_port();
+    let mut first = start_herald(&app.database_url, port);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, &mut first).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let published: Value = client
+            .post(format!("{base}/v1/events"))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"stream": "orders", "type": "t", "payload": i}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(published["id"].as_str().unwrap().to_owned());
+    }
+    // Claimed by the publishing instance in the events' own statement: `delivering`, one
+    // attempt counted, a claim token, and no claim query involved.
+    let db = app.db().await;
+    let claimed: i64 = db
+        .query_one(
+            "SELECT count(*) FROM deliveries \
+              WHERE status = 'delivering' AND attempts = 1 AND claim_token IS NOT NULL \
+                AND lease_until > now()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(claimed, 5, "every delivery was claimed at insert");
+    receiver.wait_for(5, Duration::from_secs(10)).await;
+    first.kill().await.unwrap();
+
+    // Another instance picks them up once the lease (1 s timeout + 5 s) has run out.
+    receiver.set_default(Reply::status(200).after(REPLY_DELAY));
+    let killed_at = Instant::now();
+    let port_b = free_port();
+    let mut second = start_herald(&app.database_url, port_b);
+    wait_ready(&format!("http://127.0.0.1:{port_b}"), &mut second).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: i64 = db
+            .query_one(
+                "SELECT count(*) FROM deliveries WHERE status = 'succeeded'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if done == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of 5 delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = second.kill().await;
+    let requests = receiver.received();
+    assert_eq!(requests.len(), 10, "each event sent once by each instance");
+    for id in &ids {
+        let starts: Vec<Instant> = requests
+            .iter()
+            .filter(|r| &r.headers["webhook-id"] == id)
+            .map(|r| r.at)
+            .collect();
+        assert_eq!(starts.len(), 2, "{id}");
+        assert!(
+            starts[1] >= killed_at && starts[1] - starts[0] >= Duration::from_secs(5),
+            "{id}: the second attempt waited for the first one's lease"
+        );
+    }
+    // The second attempt is recorded as attempt 2 of the delivery.
+    let attempts: Vec<i32> = db
+        .query("SELECT attempts FROM deliveries", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(attempts, vec![2; 5]);
+}

@@ -40,7 +40,7 @@ impl SseReader {
         loop {
             while let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, None, None);
+                let (mut id, mut event, mut data) = (None, None, Vec::new());
                 for line in block.lines() {
                     if line.starts_with(':') {
                         self.comments += 1;
@@ -49,9 +49,11 @@ impl SseReader {
                     } else if let Some(v) = line.strip_prefix("event: ") {
                         event = Some(v.to_owned());
                     } else if let Some(v) = line.strip_prefix("data: ") {
-                        data = serde_json::from_str(v).ok();
+                        data.push(v);
                     }
                 }
+                // As EventSource does: the data fields joined with LF.
+                let data = serde_json::from_str(&data.join("\n")).ok();
                 if let (Some(id), Some(event), Some(data)) = (id, event, data) {
                     return Some(SseEvent { id, event, data });
                 }
@@ -253,4 +255,39 @@ async fn a_last_event_id_older_than_retention_gets_410_with_where_to_resume() {
     let mut events = SseReader::new(resumed);
     let first = events.next_event(Duration::from_secs(5)).await.unwrap();
     assert_eq!(first.id, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_frames_payloads_with_line_breaks_so_no_event_is_lost() {
+    let app = spawn_app().await;
+    let payloads = [
+        "{\"s\":\n\"ok\"}",
+        "{\"s\":\r\n\"crlf\"}",
+        "{\"s\":\r\"cr\"}",
+        "{\"s\":\"\u{2028}\",\n\n\"n\": [1,\r\n2]}",
+    ];
+    let client = reqwest::Client::new();
+    for payload in payloads {
+        let body = format!("{{\"stream\":\"pretty\",\"type\":\"t\",\"payload\":{payload}}}");
+        let response = client
+            .post(format!("{}/v1/events", app.address))
+            .bearer_auth(ADMIN_KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let response = open(&app, "/v1/streams/pretty/sse?after=0", None).await;
+    let raw_reader = &mut SseReader::new(response);
+    for (i, payload) in payloads.iter().enumerate() {
+        let event = raw_reader
+            .next_event(Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("event {} was lost", i + 1));
+        assert_eq!(event.id, i as i64 + 1);
+        let expected: Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(event.data["payload"], expected, "payload {payload:?}");
+    }
 }

@@ -1009,3 +1009,45 @@ async fn the_changes_feed_hears_about_attempts_recorded_by_another_instance() {
     let delivery: Value = b.get("/v1/deliveries").await.json().await.unwrap();
     assert_eq!(delivery["deliveries"][0]["status"], "succeeded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_endpoint_never_has_two_of_one_stream_in_flight() {
+    let app = webhook_app("50ms").await;
+    let receiver = Receiver::start().await;
+    let delay = Duration::from_millis(30);
+    receiver.set_default(Reply::status(200).after(delay));
+    create_endpoint(
+        &app,
+        json!({"url": receiver.url, "ordered": true, "max_in_flight": 50}),
+    )
+    .await;
+    // Published one at a time, as a producer does: nothing about them is claimed at insert
+    // (that path leaves ordered endpoints to the claim query).
+    for i in 0..30 {
+        app.publish(&format!("s{}", i % 3), "t", json!(i)).await;
+    }
+    let got = receiver.wait_for(30, Duration::from_secs(20)).await;
+    let mut by_stream: std::collections::HashMap<String, Vec<(Instant, i64)>> =
+        std::collections::HashMap::new();
+    for request in &got {
+        let body = request.json();
+        by_stream
+            .entry(body["stream"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((request.at, body["seq"].as_i64().unwrap()));
+    }
+    assert_eq!(by_stream.len(), 3);
+    for (stream, mut sent) in by_stream {
+        sent.sort_by_key(|(at, _)| *at);
+        let seqs: Vec<i64> = sent.iter().map(|(_, seq)| *seq).collect();
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{stream} in seq order");
+        for pair in sent.windows(2) {
+            assert!(
+                pair[1].0 - pair[0].0 >= delay,
+                "{stream}: seq {} started before seq {} was answered",
+                pair[1].1,
+                pair[0].1
+            );
+        }
+    }
+}
