@@ -138,6 +138,14 @@ impl Application {
                 background_stop.clone(),
             )),
         ];
+        // Serve once this instance's LISTEN works and its announcement went round, so that
+        // instances already running notify it from its first request (bounded: a pooler
+        // that swallows LISTEN leaves the fallback check, which does not wait).
+        if !notifier.wait_announced(settings.db_timeout).await {
+            tracing::warn!(
+                "no LISTEN confirmation; other instances' changes arrive through the fallback check"
+            );
+        }
         let mut background = background;
         if let Some(queue) = queue {
             let sender = Sender::new(settings.destinations.clone(), settings.delivery_timeout)?;

@@ -67,6 +67,8 @@ pub async fn run_listener(
         };
         backoff = Duration::from_millis(50);
         inc(&metrics.listener_connects);
+        // Say so: instances that believed themselves alone start notifying again.
+        notifier.announce();
         // Whatever was sent while we were not listening is lost: re-check everything.
         hub.hint_all();
         notifier.wake_worker();
@@ -78,11 +80,16 @@ pub async fn run_listener(
                 next = notifications.next() => match next {
                     Some(Ok(notification)) if notification.channel == DELIVERIES_CHANNEL => {
                         let mut lines = notification.payload.lines();
-                        if lines.next() == Some(instance.to_string().as_str()) {
+                        let from = lines.next().and_then(|l| uuid::Uuid::parse_str(l).ok());
+                        let second = lines.next();
+                        if let Some(from) = from {
+                            notifier.heard_from(from, second);
+                        }
+                        if from == Some(instance) {
                             continue;
                         }
                         notifier.remote_deliveries_changed();
-                        if lines.next() != Some(CHANGED_ONLY) {
+                        if second != Some(CHANGED_ONLY) {
                             notifier.wake_worker();
                         }
                     }
@@ -90,6 +97,7 @@ pub async fn run_listener(
                         let Some((from, changes)) = decode(&notification.payload) else {
                             continue;
                         };
+                        notifier.heard_from(from, notification.payload.lines().nth(1));
                         if from == instance {
                             continue;
                         }

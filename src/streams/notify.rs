@@ -37,6 +37,15 @@ pub const COALESCE: Duration = Duration::from_millis(3);
 /// How often, at most, other instances' console feeds are told that attempts were
 /// recorded here (the console redraws at most every 250 ms anyway).
 pub const FEED_INTERVAL: Duration = Duration::from_millis(100);
+/// How often an instance says it is there (the second line of its announcement).
+pub const PRESENCE_BEAT: Duration = Duration::from_secs(5);
+/// How long after the last word from another instance this one still notifies.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
+/// The second line of a new listener's announcement: "I am here; who else is?". Every
+/// instance that hears it answers [`HERE`].
+pub const HELLO: &str = "hello";
+/// The second line of an answer to [`HELLO`], and of the periodic announcement.
+pub const HERE: &str = "here";
 /// Stays under PostgreSQL's 8000-byte payload limit.
 const MAX_PAYLOAD: usize = 7900;
 
@@ -59,6 +68,16 @@ pub struct Notifier {
     queue: Option<Arc<LocalQueue>>,
     /// When a feed-only `NOTIFY` was last sent.
     feed_sent: Mutex<Option<std::time::Instant>>,
+    /// When a notification from another instance last arrived: while none has for
+    /// [`PRESENCE_TTL`], this instance is alone and sends no `NOTIFY` but its
+    /// announcements.
+    others_seen: Mutex<Option<std::time::Instant>>,
+    /// A [`HELLO`] is due.
+    hello: std::sync::atomic::AtomicBool,
+    /// A [`HERE`] is due.
+    here: std::sync::atomic::AtomicBool,
+    /// Whether this instance's own announcement has come back to its listener.
+    heard_self: tokio::sync::watch::Sender<bool>,
 }
 
 impl Notifier {
@@ -83,7 +102,54 @@ impl Notifier {
             changes: tokio::sync::watch::Sender::new(0),
             queue,
             feed_sent: Mutex::new(None),
+            others_seen: Mutex::new(None),
+            hello: std::sync::atomic::AtomicBool::new(false),
+            here: std::sync::atomic::AtomicBool::new(false),
+            heard_self: tokio::sync::watch::Sender::new(false),
         })
+    }
+
+    /// Notes a notification that arrived from the instance `from` (this one's own
+    /// announcement, or word from another instance); `second_line` is the payload's second
+    /// line, if any. A newcomer's [`HELLO`] is answered with [`HERE`].
+    pub fn heard_from(&self, from: Uuid, second_line: Option<&str>) {
+        if from == self.instance {
+            if second_line == Some(HELLO) {
+                self.heard_self.send_replace(true);
+            }
+            return;
+        }
+        *self
+            .others_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
+        if second_line == Some(HELLO) {
+            self.here.store(true, std::sync::atomic::Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    /// Has this instance say [`HELLO`] (its listener has just started listening).
+    pub fn announce(&self) {
+        self.hello.store(true, std::sync::atomic::Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Waits (up to `timeout`) until this instance's announcement has come back through
+    /// its own `LISTEN`, so every instance listening has it too. Returns whether it did.
+    pub async fn wait_announced(&self, timeout: Duration) -> bool {
+        let mut heard = self.heard_self.subscribe();
+        tokio::time::timeout(timeout, heard.wait_for(|heard| *heard))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Whether no other instance has been heard from lately.
+    fn alone(&self) -> bool {
+        self.others_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|seen| seen.elapsed() > PRESENCE_TTL)
     }
 
     /// The claim an ingest statement should make for this instance's worker, if any.
@@ -172,9 +238,12 @@ impl Notifier {
     /// Sends queued changes until `cancel`, then sends what is left.
     pub async fn run(self: Arc<Self>, pool: DbPool, cancel: CancellationToken) {
         let mut again: Option<Duration> = None;
+        let mut beat = tokio::time::interval(PRESENCE_BEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
+                _ = beat.tick() => self.here.store(true, std::sync::atomic::Ordering::Release),
                 () = tokio::time::sleep(again.unwrap_or(Duration::MAX)), if again.is_some() => {}
                 () = cancel.cancelled() => {
                     self.flush(&pool, true).await;
@@ -189,27 +258,37 @@ impl Notifier {
     /// Sends what is queued in one statement. A feed-only change is held back until
     /// [`FEED_INTERVAL`] after the last one (unless `all`); returns when to call again
     /// for it.
+    ///
+    /// An instance that has heard from no other lately sends only its announcements: the
+    /// hints would reach nobody but its own listener. A new instance says [`HELLO`] as
+    /// soon as it listens, and serves only once it has heard its own (so every instance
+    /// listening has it); they answer [`HERE`], as each does every [`PRESENCE_BEAT`].
+    /// Anything missed in between is made up by the fallback check and the workers' poll.
     async fn flush(&self, pool: &DbPool, all: bool) -> Option<Duration> {
+        use std::sync::atomic::{AtomicBool, Ordering};
         let mut channels: Vec<&str> = Vec::new();
         let mut payloads: Vec<String> = Vec::new();
-        let due = self
-            .deliveries_due
-            .swap(false, std::sync::atomic::Ordering::AcqRel);
+        for (due, word) in [(&self.hello, HELLO), (&self.here, HERE)] {
+            if due.swap(false, Ordering::AcqRel) {
+                channels.push(CHANNEL);
+                payloads.push(format!("{}\n{word}", self.instance));
+            }
+        }
+        let alone = self.alone();
+        let due = self.deliveries_due.swap(false, Ordering::AcqRel);
         let mut again = None;
         if due {
             // "Due" wakes other workers (and tells their feeds).
-            channels.push(DELIVERIES_CHANNEL);
-            payloads.push(self.instance.to_string());
             *self
                 .feed_sent
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
-            self.deliveries_changed
-                .store(false, std::sync::atomic::Ordering::Release);
-        } else if std::sync::atomic::AtomicBool::load(
-            &self.deliveries_changed,
-            std::sync::atomic::Ordering::Acquire,
-        ) {
+            self.deliveries_changed.store(false, Ordering::Release);
+            if !alone {
+                channels.push(DELIVERIES_CHANNEL);
+                payloads.push(self.instance.to_string());
+            }
+        } else if AtomicBool::load(&self.deliveries_changed, Ordering::Acquire) {
             // "Changed" only tells feeds, at most every FEED_INTERVAL.
             let mut sent = self
                 .feed_sent
@@ -219,11 +298,12 @@ impl Notifier {
                 .map(|at| FEED_INTERVAL.saturating_sub(at.elapsed()))
                 .unwrap_or_default();
             if wait.is_zero() || all {
-                self.deliveries_changed
-                    .store(false, std::sync::atomic::Ordering::Release);
+                self.deliveries_changed.store(false, Ordering::Release);
                 *sent = Some(std::time::Instant::now());
-                channels.push(DELIVERIES_CHANNEL);
-                payloads.push(format!("{}\n{CHANGED_ONLY}", self.instance));
+                if !alone {
+                    channels.push(DELIVERIES_CHANNEL);
+                    payloads.push(format!("{}\n{CHANGED_ONLY}", self.instance));
+                }
             } else {
                 again = Some(wait);
             }
@@ -232,7 +312,13 @@ impl Notifier {
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
                 .into_iter()
                 .collect();
-        let streams = encode(self.instance, &changes);
+        // Alone, the hints would reach nobody but this instance's own listener: its hubs
+        // were told at once.
+        let streams = if alone {
+            Vec::new()
+        } else {
+            encode(self.instance, &changes)
+        };
         let count = streams.len();
         for payload in streams {
             channels.push(CHANNEL);

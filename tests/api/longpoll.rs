@@ -385,3 +385,37 @@ async fn subscribers_long_poll_only_under_their_prefixes() {
     allowed.bytes().await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_instance_sends_no_notifications_until_another_listens() {
+    let slow_fallback =
+        |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
+    let a = spawn_app_with(slow_fallback).await;
+    for i in 0..5 {
+        a.publish("orders", "order.created", json!({"n": i})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        a.metric("herald_notifications_sent_total").await,
+        0,
+        "nobody else listens: no NOTIFY per commit"
+    );
+
+    // A second instance says hello before it serves; from then on the first notifies it.
+    let mut settings = test_settings();
+    slow_fallback(&mut settings);
+    let b = spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await;
+    let poll = hold(&b, "/v1/streams/orders/events?after=5&wait=20");
+    b.wait_for_metric("herald_waiters", 1).await;
+    let event = a.publish("orders", "order.created", json!({"n": 5})).await;
+    let committed = Instant::now();
+    let (status, body, _, answered) = poll.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["events"][0], event);
+    assert!(
+        answered - committed < Duration::from_millis(500),
+        "took {:?}",
+        answered - committed
+    );
+    assert!(a.metric("herald_notifications_sent_total").await >= 1);
+}
