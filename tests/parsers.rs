@@ -73,6 +73,14 @@ proptest! {
     }
 
     #[test]
+    fn waits_with_a_unit_are_scaled(n in 0u32..100_000, frac in 0u32..10, unit in prop::sample::select(vec!["ms", "s", "m", "h"])) {
+        let raw = format!("{n}.{frac}{unit}");
+        let scale = match unit { "ms" => 0.001, "s" => 1.0, "m" => 60.0, _ => 3600.0 };
+        let secs = format!("{n}.{frac}").parse::<f64>().unwrap() * scale;
+        prop_assert_eq!(parse_wait("wait", &raw).ok(), Some(Duration::from_secs_f64(secs)));
+    }
+
+    #[test]
     fn the_first_wait_preference_is_found(n in 0u32..100_000, other in "[a-z]{1,10}=[a-z0-9]{1,5}") {
         let header = format!("{other}, wait={n}, wait=7");
         let expected = n.to_string();

@@ -15,6 +15,7 @@ use crate::auth::Principal;
 use crate::db::RawJson;
 use crate::db::models::event::{self, Event, PendingEvent};
 use crate::db::models::idempotency::{self, Claim};
+use crate::domain::RESERVED_PREFIX;
 use crate::domain::{EventType, StreamName};
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -98,6 +99,15 @@ impl EventInput {
         let field = |name: &str| format!("{path}{name}");
         let stream = StreamName::parse(&required_string(self.stream, &field("stream"))?)
             .map_err(|d| ApiError::invalid(field("stream"), d))?;
+        if stream.is_reserved() {
+            return Err(ApiError::invalid(
+                field("stream"),
+                format!(
+                    "streams under the reserved prefix \"{RESERVED_PREFIX}\" are Herald's own \
+                     (herald:ops carries its operational events); publish to another stream"
+                ),
+            ));
+        }
         let event_type = EventType::parse(&required_string(self.event_type, &field("type"))?)
             .map_err(|d| ApiError::invalid(field("type"), d))?;
         let payload = self

@@ -94,19 +94,29 @@ pub fn wait_preference<'a>(values: impl Iterator<Item = &'a str>) -> Option<&'a 
         .next()
 }
 
-/// Parses a wait in seconds (`25`, `0.5`); waits too long for a `Duration` become
-/// `Duration::MAX` (the caller clamps every wait to the maximum).
+/// Parses a wait: seconds (`25`, `0.5`, as `Prefer: wait=N` has them) or a number with a
+/// unit (`25s`, `500ms`, `1m`, `1h`, as the settings spell durations). Waits too long for a
+/// `Duration` become `Duration::MAX` (the caller clamps every wait to the maximum).
 pub fn parse_wait(field: &str, raw: &str) -> Result<Duration, ApiError> {
-    raw.trim()
+    let trimmed = raw.trim();
+    let (number, scale) = [("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .iter()
+        .find_map(|(unit, scale)| trimmed.strip_suffix(unit).map(|n| (n, *scale)))
+        .unwrap_or((trimmed, 1.0));
+    number
+        .trim()
         .parse::<f64>()
         .ok()
         .filter(|n| n.is_finite() && *n >= 0.0)
         // Any wait longer than a Duration holds is clamped to the maximum like any other.
-        .map(|n| Duration::try_from_secs_f64(n).unwrap_or(Duration::MAX))
+        .map(|n| Duration::try_from_secs_f64(n * scale).unwrap_or(Duration::MAX))
         .ok_or_else(|| {
             ApiError::invalid(
                 field,
-                format!("must be a number of seconds >= 0 (got {raw:?})"),
+                format!(
+                    "must be a wait in seconds (25, 0.5) or with a unit (25s, 500ms, 1m), \
+                     not negative (got {raw:?})"
+                ),
             )
         })
 }
@@ -253,7 +263,7 @@ pub fn unavailable(detail: &str) -> ApiError {
 #[utoipa::path(
     tag = "streams",
     summary = "Poll or long-poll a stream",
-    params(("stream" = String, Path, description = "Stream name"), ("after" = Option<i64>, Query, description = "Cursor: the last seq seen (default 0)"), ("limit" = Option<i64>, Query, description = "At most this many events (1-1000, default 100)"), ("wait" = Option<String>, Query, description = "Hold up to this long for events, e.g. 25s (or Prefer: wait=25)"), ("Prefer" = Option<String>, Header, description = "wait=<seconds>")),
+    params(("stream" = String, Path, description = "Stream name"), ("after" = Option<i64>, Query, description = "Cursor: the last seq seen (default 0)"), ("limit" = Option<i64>, Query, description = "At most this many events (1-1000, default 100)"), ("wait" = Option<String>, Query, description = "Hold up to this long for events: seconds or a number with a unit (ms, s, m, h), e.g. 25s, 500ms or 25 (or Prefer: wait=25)", example = "25s"), ("Prefer" = Option<String>, Header, description = "wait=<seconds>")),
     responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = super::openapi::StreamPage), super::openapi::AuthErrors, (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/streams/{stream:.+}/events")]

@@ -1,5 +1,6 @@
-//! `herald bench ...`: load generators that drive a running Herald over HTTP and report
-//! throughput, latency and Herald's memory. They are tools, not tests: run them against a
+//! `herald bench ...`: load generators that report throughput, latency, memory and CPU.
+//! `ingest` and `longpoll` drive a running Herald over HTTP; `webhooks` starts its own
+//! Herald processes (one phase needs two in turn). They are tools, not tests: run them on a
 //! release build and record the figures with the exact command in `docs/benchmarks.md`.
 
 mod ingest;
@@ -20,7 +21,9 @@ pub enum BenchCommand {
     Ingest(IngestOptions),
     /// Hold N long-polls over M streams; measure RSS, publish-to-answer latency and fan-out.
     Longpoll(LongpollOptions),
-    /// Webhook delivery: backlog drain, sustained rates, latency, with its own receiver.
+    /// Webhook delivery as a user meets it: delivered throughput under saturating load,
+    /// the drain of a backlog queued by another process, latency at a steady rate, and
+    /// PostgreSQL CPU; starts its own Herald processes and receiver.
     Webhooks(WebhooksOptions),
 }
 

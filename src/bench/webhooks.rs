@@ -1,11 +1,27 @@
-//! `herald bench webhooks`: drives webhook delivery against a running Herald, with its
-//! own fast receiver on loopback, and reports drain rate, sustained rates, publish-to-
-//! receive latency and Herald's RSS.
+//! `herald bench webhooks`: webhook delivery measured the way a user meets it.
 //!
-//! Herald must allow the receiver's address: run it with
-//! `HERALD_ALLOWED_DESTINATIONS=127.0.0.0/8`.
+//! The benchmark runs its own receiver (answers 204 at once) and starts its own Herald
+//! processes (this same binary, `herald serve`), each phase on a fresh database, so that
+//! nothing warm is measured:
+//!
+//! - **load**: a delivering Herald; `--clients` publishers post single events back to back
+//!   for `--load`. Reports events accepted/s, webhooks received/s *during* the load, and how
+//!   long the backlog took to clear once the load stopped.
+//! - **drain**: an API-only Herald (`HERALD_DELIVERY_CONCURRENCY=0`) queues `--backlog`
+//!   events through the API and stops; a freshly started delivering Herald drains them.
+//!   Reports deliveries/s from its start to the last webhook.
+//! - **latency**: a delivering Herald; a steady `--latency-rate` events/s for
+//!   `--latency-duration`. Reports publish-to-receive p50/p99.
+//!
+//! Each phase also reports the CPU used by Herald and by PostgreSQL (every `postgres`
+//! process on the machine, read from `/proc`), and PostgreSQL's CPU per delivery. With
+//! `--admin-url` each phase gets a scratch database on that server (dropped after);
+//! without, Herald runs its embedded PostgreSQL in a fresh temporary directory.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,34 +29,38 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context as _, bail};
 use clap::Args;
 use rand::Rng as _;
-use serde_json::{Value, json};
+use serde_json::json;
+use tokio::process::{Child, Command};
 
 use crate::domain::units::parse_duration;
 
 /// Options of `herald bench webhooks`.
 #[derive(Debug, Args)]
 pub struct WebhooksOptions {
-    /// Herald's base URL.
-    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// An admin key.
-    #[arg(long, env = "HERALD_API_KEY")]
-    pub key: String,
-    /// Events in the backlog to drain.
+    /// A PostgreSQL URL whose user may create databases (for example
+    /// `postgres://postgres@127.0.0.1/postgres`): each phase runs on a scratch database
+    /// there. Without it, each phase runs Herald's embedded PostgreSQL in a temporary
+    /// directory.
+    #[arg(long, env = "HERALD_BENCH_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// Phases to run, in order: `load`, `drain`, `latency`.
+    #[arg(long, default_value = "load,drain,latency", value_delimiter = ',')]
+    pub phases: Vec<String>,
+    /// Publishers in the load phase, each posting back to back.
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// How long the load phase publishes.
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub load: Duration,
+    /// Events queued by the API-only instance in the drain phase.
     #[arg(long, default_value_t = 20_000)]
     pub backlog: usize,
-    /// Events per second for the sustained phases.
-    #[arg(long, default_value_t = 1000)]
-    pub rate: u32,
-    /// Events per second for the latency phase.
+    /// Events per second in the latency phase.
     #[arg(long, default_value_t = 200)]
     pub latency_rate: u32,
-    /// Length of each timed phase.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub duration: Duration,
-    /// Herald's pid, for its RSS (default: the one `herald serve` on this machine).
-    #[arg(long)]
-    pub pid: Option<u32>,
+    /// How long the latency phase publishes.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub latency_duration: Duration,
 }
 
 fn now_us() -> u64 {
@@ -49,11 +69,13 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// What the receiver saw.
 #[derive(Debug, Default)]
 struct Seen {
     ids: HashSet<String>,
-    requests: u64,
     latencies_us: Vec<u64>,
+    /// When the latest new id arrived.
+    last_new: Option<Instant>,
 }
 
 /// The receiver: answers 204 at once and notes what arrived.
@@ -77,21 +99,100 @@ async fn receive(
     let mut seen = seen
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    seen.requests += 1;
-    seen.ids.insert(id);
+    if seen.ids.insert(id) {
+        seen.last_new = Some(Instant::now());
+    }
     if let Some(sent) = sent {
         seen.latencies_us.push(received.saturating_sub(sent));
     }
     HttpResponse::NoContent().finish()
 }
 
-struct Bench {
-    client: reqwest::Client,
+/// CPU time (user + system) of processes, from `/proc/<pid>/stat`, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the name.
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Total CPU seconds of every process named `postgres` (the server and its backends).
+fn postgres_cpu() -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim() == "postgres")
+        })
+        .filter_map(cpu_seconds)
+        .sum()
+}
+
+/// CPU use over a measured window.
+struct CpuWindow {
+    at: Instant,
+    postgres: f64,
+    herald: f64,
+    herald_pid: u32,
+}
+
+impl CpuWindow {
+    fn start(herald_pid: u32) -> Self {
+        Self {
+            at: Instant::now(),
+            postgres: postgres_cpu(),
+            herald: cpu_seconds(herald_pid).unwrap_or(0.0),
+            herald_pid,
+        }
+    }
+
+    /// (seconds, PostgreSQL CPU seconds, Herald CPU seconds) since the start.
+    fn end(&self) -> (f64, f64, f64) {
+        (
+            self.at.elapsed().as_secs_f64(),
+            postgres_cpu() - self.postgres,
+            cpu_seconds(self.herald_pid).unwrap_or(self.herald) - self.herald,
+        )
+    }
+}
+
+/// A Herald process started by the benchmark.
+struct Herald {
+    child: Child,
+    pid: u32,
     base: String,
+}
+
+/// Where a phase's Herald keeps its data.
+struct Store {
+    /// `DATABASE_URL` for Herald, or `None` for an embedded cluster in `dir`.
+    database_url: Option<String>,
+    dir: Option<TempDir>,
+    /// The scratch database to drop afterwards.
+    scratch: Option<(String, String)>,
+}
+
+/// A temporary directory, removed when dropped (the embedded cluster's home).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Bench {
+    options: WebhooksOptions,
+    client: reqwest::Client,
     key: String,
     seen: Arc<Mutex<Seen>>,
     receiver_url: String,
-    pid: Option<u32>,
 }
 
 impl Bench {
@@ -101,108 +202,342 @@ impl Bench {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn reset(&self) {
-        *self.seen() = Seen::default();
+    fn received(&self) -> usize {
+        self.seen().ids.len()
     }
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Value,
-    ) -> anyhow::Result<Value> {
-        let response = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.key)
-            .json(&body)
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        if !status.is_success() {
-            bail!("{path}: HTTP {status}: {text}");
+    async fn store(&self, name: &str) -> anyhow::Result<Store> {
+        match &self.options.admin_url {
+            Some(admin) => {
+                let db = format!("herald_bench_{name}_{:08x}", rand::rng().random::<u32>());
+                admin_sql(admin, &format!("CREATE DATABASE {db}")).await?;
+                let mut url = url::Url::parse(admin).context("--admin-url is not a URL")?;
+                url.set_path(&format!("/{db}"));
+                Ok(Store {
+                    database_url: Some(url.to_string()),
+                    dir: None,
+                    scratch: Some((admin.clone(), db)),
+                })
+            }
+            None => {
+                let dir = std::env::temp_dir().join(format!(
+                    "herald-bench-{name}-{:08x}",
+                    rand::rng().random::<u32>()
+                ));
+                std::fs::create_dir_all(&dir)?;
+                Ok(Store {
+                    database_url: None,
+                    dir: Some(TempDir(dir)),
+                    scratch: None,
+                })
+            }
         }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    async fn endpoint(&self, streams: Value, enabled: bool) -> anyhow::Result<String> {
-        let created = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/endpoints",
-                json!({"url": self.receiver_url, "streams": streams, "enabled": enabled, "max_in_flight": 256}),
-            )
+    async fn drop_store(&self, store: Store) {
+        if let Some((admin, db)) = &store.scratch
+            && let Err(err) = admin_sql(admin, &format!("DROP DATABASE IF EXISTS {db}")).await
+        {
+            eprintln!("could not drop {db}: {err}");
+        }
+        drop(store);
+    }
+
+    /// Starts `herald serve` on `store` and waits until it is ready.
+    async fn start(&self, store: &Store, deliver: bool) -> anyhow::Result<Herald> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut command = Command::new(std::env::current_exe()?);
+        command
+            .arg("serve")
+            .env("HERALD_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HERALD_ADMIN_KEY", &self.key)
+            .env("HERALD_ALLOWED_DESTINATIONS", "127.0.0.0/8")
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if !deliver {
+            command.env("HERALD_DELIVERY_CONCURRENCY", "0");
+        }
+        match (&store.database_url, &store.dir) {
+            (Some(url), _) => {
+                command.env("DATABASE_URL", url);
+            }
+            (None, Some(dir)) => {
+                command.env("HERALD_DATA_DIR", &dir.0);
+            }
+            (None, None) => bail!("no database for Herald"),
+        }
+        let child = command.spawn().context("could not start herald serve")?;
+        let pid = child.id().context("herald exited at once")?;
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self
+                .client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("herald serve did not become ready within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(Herald { child, pid, base })
+    }
+
+    /// Stops a Herald with SIGTERM (it finishes what it has in flight) and waits for it.
+    async fn stop(&self, mut herald: Herald) -> anyhow::Result<()> {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(herald.pid.to_string())
+            .status()
             .await?;
-        Ok(created["id"].as_str().context("endpoint id")?.to_owned())
-    }
-
-    async fn publish_batch(&self, streams: &[String], count: usize) -> anyhow::Result<()> {
-        let events: Vec<Value> = (0..count)
-            .map(|i| json!({"stream": streams[i % streams.len()], "type": "bench.hook", "payload": {"n": i}}))
-            .collect();
-        self.call(
-            reqwest::Method::POST,
-            "/v1/events/batch",
-            json!({"events": events}),
-        )
-        .await?;
+        if !status.success() {
+            herald.child.kill().await?;
+        }
+        tokio::time::timeout(Duration::from_secs(60), herald.child.wait())
+            .await
+            .context("herald did not stop within 60 s")??;
         Ok(())
     }
 
-    /// Publishes `rate` events/s for `duration` over `streams`, each stamped with its send time.
-    async fn publish_at(&self, rate: u32, duration: Duration, streams: &[String]) -> u64 {
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
-        let deadline = Instant::now() + duration;
-        let mut tasks = Vec::new();
-        while Instant::now() < deadline {
-            ticker.tick().await;
-            let stream = streams[rand::rng().random_range(0..streams.len())].clone();
-            let (client, url, key) = (
-                self.client.clone(),
-                format!("{}/v1/events", self.base),
-                self.key.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                client
-                    .post(url)
-                    .bearer_auth(key)
-                    .json(&json!({"stream": stream, "type": "bench.hook", "payload": {"sent_us": now_us()}}))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-            }));
+    async fn create_endpoint(&self, herald: &Herald) -> anyhow::Result<()> {
+        let response = self
+            .client
+            .post(format!("{}/v1/endpoints", herald.base))
+            .bearer_auth(&self.key)
+            .json(&json!({"url": self.receiver_url, "description": "herald bench webhooks"}))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("creating the endpoint: HTTP {}", response.status());
         }
-        let mut ok = 0;
-        for task in tasks {
-            ok += u64::from(task.await.unwrap_or(false));
-        }
-        ok
+        Ok(())
     }
 
-    /// Waits until `n` distinct events have arrived (or `limit` passes); returns when.
-    async fn wait_for(&self, n: usize, limit: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + limit;
+    /// `clients` publishers posting single events back to back until `until`, or until
+    /// `count` events were accepted in all. Returns how many were accepted.
+    async fn publish_closed_loop(
+        &self,
+        herald: &Herald,
+        clients: usize,
+        until: Instant,
+        count: Option<u64>,
+    ) -> u64 {
+        let accepted = Arc::new(AtomicU64::new(0));
+        let issued = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (client, key, accepted, issued) = (
+                    self.client.clone(),
+                    self.key.clone(),
+                    accepted.clone(),
+                    issued.clone(),
+                );
+                let url = format!("{}/v1/events", herald.base);
+                tokio::spawn(async move {
+                    while Instant::now() < until {
+                        if count.is_some_and(|c| issued.fetch_add(1, Ordering::Relaxed) >= c) {
+                            return;
+                        }
+                        let ok = client
+                            .post(&url)
+                            .bearer_auth(&key)
+                            .json(&json!({"stream": "bench", "type": "bench.event",
+                                          "payload": {"sent_us": now_us(), "pad": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}}))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success());
+                        if ok {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            let _ = task.await;
+        }
+        accepted.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` distinct events have arrived, or nothing new arrived for 30 s.
+    /// Returns when the last one arrived, if all did.
+    async fn wait_for(&self, n: usize) -> Option<Instant> {
+        let mut last_progress = (self.received(), Instant::now());
         loop {
-            if self.seen().ids.len() >= n {
-                return Some(Instant::now());
+            let (got, last_new) = {
+                let seen = self.seen();
+                (seen.ids.len(), seen.last_new)
+            };
+            if got >= n {
+                return last_new;
             }
-            if Instant::now() > deadline {
+            if got != last_progress.0 {
+                last_progress = (got, Instant::now());
+            } else if last_progress.1.elapsed() > Duration::from_secs(30) {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 
-    fn rss(&self) -> String {
-        self.pid
-            .and_then(super::memory)
-            .unwrap_or_else(|| "unknown (pass --pid)".to_owned())
+    fn reset(&self) {
+        *self.seen() = Seen::default();
     }
+
+    async fn load(&self) -> anyhow::Result<()> {
+        let store = self.store("load").await?;
+        let herald = self.start(&store, true).await?;
+        self.create_endpoint(&herald).await?;
+        self.reset();
+        let cpu = CpuWindow::start(herald.pid);
+        let until = Instant::now() + self.options.load;
+        let accepted = self
+            .publish_closed_loop(&herald, self.options.clients, until, None)
+            .await;
+        let (secs, pg, server) = cpu.end();
+        let during = self.received();
+        let ended = Instant::now();
+        let last = self.wait_for(usize::try_from(accepted).unwrap_or(0)).await;
+        println!(
+            "load: {} clients for {secs:.1} s: {accepted} events accepted ({:.0}/s); {during} webhooks \
+             received during the load ({:.0}/s); backlog left {}; PostgreSQL {:.2} cores, Herald {:.2} \
+             cores during the load; PostgreSQL {:.3} ms of CPU per event",
+            self.options.clients,
+            accepted as f64 / secs,
+            during as f64 / secs,
+            match last {
+                Some(last) => format!(
+                    "{:.3} s",
+                    last.saturating_duration_since(ended).as_secs_f64()
+                ),
+                None => "NOT DRAINED".to_owned(),
+            },
+            pg / secs,
+            server / secs,
+            pg * 1000.0 / accepted.max(1) as f64,
+        );
+        self.stop(herald).await?;
+        self.drop_store(store).await;
+        Ok(())
+    }
+
+    async fn drain(&self) -> anyhow::Result<()> {
+        let store = self.store("drain").await?;
+        let api = self.start(&store, false).await?;
+        self.create_endpoint(&api).await?;
+        let until = Instant::now() + Duration::from_secs(3600);
+        let backlog = self.options.backlog as u64;
+        let queued = self
+            .publish_closed_loop(&api, self.options.clients, until, Some(backlog))
+            .await;
+        self.stop(api).await?;
+        self.reset();
+        let started = Instant::now();
+        let worker = self.start(&store, true).await?;
+        let cpu = CpuWindow::start(worker.pid);
+        let ready = started.elapsed();
+        let last = self.wait_for(usize::try_from(queued).unwrap_or(0)).await;
+        let (_, pg, server) = cpu.end();
+        match last {
+            Some(last) => {
+                let secs = last.saturating_duration_since(started).as_secs_f64();
+                println!(
+                    "drain: {queued} events queued by an API-only instance, drained by a fresh one in \
+                     {secs:.2} s from its start ({:.2} s to ready) = {:.0} deliveries/s; PostgreSQL \
+                     {:.3} ms of CPU per delivery, Herald {:.3} ms",
+                    ready.as_secs_f64(),
+                    queued as f64 / secs,
+                    pg * 1000.0 / queued.max(1) as f64,
+                    server * 1000.0 / queued.max(1) as f64,
+                );
+            }
+            None => println!(
+                "drain: NOT DRAINED: {} of {queued} after no progress for 30 s",
+                self.received()
+            ),
+        }
+        self.stop(worker).await?;
+        self.drop_store(store).await;
+        Ok(())
+    }
+
+    async fn latency(&self) -> anyhow::Result<()> {
+        let store = self.store("latency").await?;
+        let herald = self.start(&store, true).await?;
+        self.create_endpoint(&herald).await?;
+        self.reset();
+        let rate = self.options.latency_rate.max(1);
+        let cpu = CpuWindow::start(herald.pid);
+        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+        let deadline = Instant::now() + self.options.latency_duration;
+        let mut tasks = Vec::new();
+        while Instant::now() < deadline {
+            ticker.tick().await;
+            let (client, key) = (self.client.clone(), self.key.clone());
+            let url = format!("{}/v1/events", herald.base);
+            tasks.push(tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(key)
+                    .json(&json!({"stream": "bench", "type": "bench.event",
+                                  "payload": {"sent_us": now_us()}}))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            }));
+        }
+        let mut published = 0_u64;
+        for task in tasks {
+            published += u64::from(task.await.unwrap_or(false));
+        }
+        let (secs, pg, server) = cpu.end();
+        self.wait_for(usize::try_from(published).unwrap_or(0)).await;
+        let mut latencies = std::mem::take(&mut self.seen().latencies_us);
+        latencies.sort_unstable();
+        println!(
+            "latency: {published} events at {rate}/s: publish-to-receive p50 {:.2} ms, p99 {:.2} ms, \
+             max {:.2} ms; PostgreSQL {:.3} cores, Herald {:.3} cores",
+            super::percentile(&latencies, 50.0),
+            super::percentile(&latencies, 99.0),
+            super::percentile(&latencies, 100.0),
+            pg / secs,
+            server / secs,
+        );
+        self.stop(herald).await?;
+        self.drop_store(store).await;
+        Ok(())
+    }
+}
+
+/// Runs one statement on the admin connection.
+async fn admin_sql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
+    let (client, connection) = tokio_postgres::connect(admin_url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to --admin-url")?;
+    let task = tokio::spawn(connection);
+    client.batch_execute(sql).await?;
+    drop(client);
+    let _ = task.await;
+    Ok(())
 }
 
 /// Runs the webhook benchmark.
 pub async fn run(options: WebhooksOptions) -> anyhow::Result<()> {
+    for phase in &options.phases {
+        if !["load", "drain", "latency"].contains(&phase.as_str()) {
+            bail!("unknown phase {phase:?}: use load, drain, latency");
+        }
+    }
     let seen = Arc::new(Mutex::new(Seen::default()));
     let data = web::Data::from(seen.clone());
     let server = HttpServer::new(move || {
@@ -215,149 +550,25 @@ pub async fn run(options: WebhooksOptions) -> anyhow::Result<()> {
     .bind("127.0.0.1:0")?;
     let port = server.addrs()[0].port();
     tokio::spawn(server.run());
-
-    let client = super::client(512)?;
-    let base = super::ready(&client, &options.url).await?;
-    let run_id: u32 = rand::rng().random();
+    let key: String = format!("hrld_bench_{:032x}", rand::rng().random::<u128>());
     let bench = Bench {
-        client,
-        base,
-        key: options.key.clone(),
+        client: super::client(options.clients.max(64))?,
+        key,
         seen,
         receiver_url: format!("http://127.0.0.1:{port}/hook"),
-        pid: options.pid.or_else(super::find_herald_pid),
+        options,
     };
-    println!("herald RSS at start: {}", bench.rss());
-
-    // 1. Drain a backlog: published while the endpoint is disabled (kept as failed), then
-    //    enabled and replayed in bulk, so every delivery is due at once.
-    let stream = vec![format!("wh-{run_id:08x}:drain")];
-    let endpoint = bench.endpoint(json!(stream), false).await?;
-    for chunk in (0..options.backlog).step_by(1000) {
-        bench
-            .publish_batch(&stream, (options.backlog - chunk).min(1000))
-            .await?;
-    }
-    bench
-        .call(
-            reqwest::Method::PATCH,
-            &format!("/v1/endpoints/{endpoint}"),
-            json!({"enabled": true}),
-        )
-        .await?;
-    bench.reset();
-    let started = Instant::now();
-    bench
-        .call(
-            reqwest::Method::POST,
-            "/v1/deliveries/replay",
-            json!({"filter": {"endpoint_id": endpoint, "status": "failed"}}),
-        )
-        .await?;
-    match bench
-        .wait_for(options.backlog, Duration::from_secs(600))
-        .await
-    {
-        Some(done) => {
-            let secs = (done - started).as_secs_f64();
-            println!(
-                "drain: {} deliveries in {secs:.2} s = {:.0} deliveries/s (RSS {})",
-                options.backlog,
-                options.backlog as f64 / secs,
-                bench.rss()
-            );
-        }
-        None => println!("drain: did not finish within 600 s"),
-    }
-    bench
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/endpoints/{endpoint}"),
-            Value::Null,
-        )
-        .await
-        .ok();
-
-    // 2. Sustained rate to one endpoint, then to 100 endpoints (one stream each).
-    for endpoints in [1_usize, 100] {
-        let streams: Vec<String> = (0..endpoints)
-            .map(|i| format!("wh-{run_id:08x}:s{endpoints}-{i}"))
-            .collect();
-        let mut ids = Vec::new();
-        for stream in &streams {
-            ids.push(bench.endpoint(json!([stream]), true).await?);
-        }
-        bench.reset();
-        let started = Instant::now();
-        let published = bench
-            .publish_at(options.rate, options.duration, &streams)
-            .await;
-        let publish_secs = started.elapsed().as_secs_f64();
-        let caught_up = bench
-            .wait_for(
-                usize::try_from(published).unwrap_or(0),
-                Duration::from_secs(120),
-            )
-            .await;
-        let mut latencies = std::mem::take(&mut bench.seen().latencies_us);
-        latencies.sort_unstable();
-        println!(
-            "sustained to {endpoints} endpoint(s): published {published} in {publish_secs:.1} s ({:.0}/s), \
-             delivered all {} after the last publish; publish-to-receive p50 {:.1} ms p99 {:.1} ms (RSS {})",
-            published as f64 / publish_secs,
-            caught_up.map_or_else(
-                || "NOT".to_owned(),
-                |t| format!("{:.2} s", (t - started).as_secs_f64() - publish_secs)
-            ),
-            super::percentile(&latencies, 50.0),
-            super::percentile(&latencies, 99.0),
-            bench.rss()
-        );
-        for id in ids {
-            bench
-                .call(
-                    reqwest::Method::DELETE,
-                    &format!("/v1/endpoints/{id}"),
-                    Value::Null,
-                )
-                .await
-                .ok();
-        }
-    }
-
-    // 3. Latency at a moderate rate.
-    let streams: Vec<String> = (0..10).map(|i| format!("wh-{run_id:08x}:lat{i}")).collect();
-    let endpoint = bench
-        .endpoint(json!([format!("wh-{run_id:08x}:lat*")]), true)
-        .await?;
-    bench.reset();
-    let published = bench
-        .publish_at(options.latency_rate, options.duration, &streams)
-        .await;
-    bench
-        .wait_for(
-            usize::try_from(published).unwrap_or(0),
-            Duration::from_secs(60),
-        )
-        .await;
-    let mut latencies = std::mem::take(&mut bench.seen().latencies_us);
-    latencies.sort_unstable();
+    let exe: PathBuf = std::env::current_exe()?;
     println!(
-        "latency at {}/s: {} events, publish-to-receive p50 {:.2} ms p99 {:.2} ms max {:.2} ms (RSS {})",
-        options.latency_rate,
-        published,
-        super::percentile(&latencies, 50.0),
-        super::percentile(&latencies, 99.0),
-        super::percentile(&latencies, 100.0),
-        bench.rss()
+        "herald bench webhooks: {} (each phase on a fresh database and a fresh herald serve)",
+        exe.display()
     );
-    bench
-        .call(
-            reqwest::Method::DELETE,
-            &format!("/v1/endpoints/{endpoint}"),
-            Value::Null,
-        )
-        .await
-        .ok();
+    for phase in bench.options.phases.clone() {
+        match phase.as_str() {
+            "load" => bench.load().await?,
+            "drain" => bench.drain().await?,
+            _ => bench.latency().await?,
+        }
+    }
     Ok(())
 }

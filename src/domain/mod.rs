@@ -17,5 +17,5 @@ pub mod units;
 pub use api_key::{ApiKeySecret, Role, StreamPrefix};
 pub use endpoint_url::EndpointUrl;
 pub use event_type::EventType;
-pub use stream_name::StreamName;
+pub use stream_name::{RESERVED_PREFIX, StreamName};
 pub use stream_pattern::StreamPattern;

@@ -57,9 +57,37 @@ impl AsRef<str> for StreamName {
     }
 }
 
+/// Streams under this prefix are Herald's own (`herald:ops`, `herald:test`): Herald writes
+/// them, producers may not.
+pub const RESERVED_PREFIX: &str = "herald:";
+
+impl StreamName {
+    /// Whether this is one of Herald's own streams, which producers may not publish to.
+    pub fn is_reserved(&self) -> bool {
+        self.0.starts_with(RESERVED_PREFIX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn herald_streams_are_reserved_and_no_others() {
+        for (name, reserved) in [
+            ("herald:ops", true),
+            ("herald:test", true),
+            ("herald:", false),
+            ("heraldry:x", false),
+            ("payment:herald:ops", false),
+        ] {
+            let Ok(stream) = StreamName::parse(name) else {
+                assert!(!reserved, "{name} should parse");
+                continue;
+            };
+            assert_eq!(stream.is_reserved(), reserved, "{name}");
+        }
+    }
 
     #[test]
     fn accepts_every_allowed_character() {

@@ -295,3 +295,53 @@ async fn concurrent_publishers_get_distinct_gapless_seqs() {
     all.sort_unstable();
     assert_eq!(all, (1..=200).collect::<Vec<i64>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_to_herald_streams_is_refused_singly_and_in_batches() {
+    let app = spawn_app().await;
+    for stream in ["herald:ops", "herald:test"] {
+        let refused = app
+            .post(
+                "/v1/events",
+                &json!({"stream": stream, "type": "endpoint.disabled", "payload": {}}),
+            )
+            .await;
+        let problem = assert_problem(refused, 422, "validation").await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("herald:") && detail.contains("reserved"),
+            "{detail}"
+        );
+    }
+    // A batch with one such event is refused whole, naming the event.
+    let events = json!({"events": [
+        {"stream": "orders", "type": "order.created", "payload": 1},
+        {"stream": "herald:ops", "type": "endpoint.disabled", "payload": 2}
+    ]});
+    let problem = assert_problem(
+        app.post("/v1/events/batch", &events).await,
+        422,
+        "validation",
+    )
+    .await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("events[1].stream"),
+        "{problem}"
+    );
+    let orders: Value = app
+        .get("/v1/streams/orders/events?wait=0")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        orders["events"],
+        json!([]),
+        "nothing of the batch was stored"
+    );
+    // Streams that merely contain the word are anyone's.
+    app.publish("heraldry:x", "t", json!(1)).await;
+}

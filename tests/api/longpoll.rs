@@ -419,3 +419,47 @@ async fn a_lone_instance_sends_no_notifications_until_another_listens() {
     );
     assert!(a.metric("herald_notifications_sent_total").await >= 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_take_the_units_the_document_offers() {
+    let app = spawn_app().await;
+    // The example the OpenAPI document gives for `wait` is accepted.
+    let document: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let parameters = document["paths"]["/v1/streams/{stream}/events"]["get"]["parameters"]
+        .as_array()
+        .unwrap();
+    let wait = parameters.iter().find(|p| p["name"] == "wait").unwrap();
+    let example = wait["example"].as_str().unwrap();
+    app.publish("units", "t", json!(1)).await;
+    let answer = app
+        .get(&format!("/v1/streams/units/events?after=0&wait={example}"))
+        .await;
+    assert_eq!(answer.status(), 200, "wait={example}");
+
+    // A unit scales the wait: 300ms holds about that long, not 300 s.
+    for (raw, at_least, below) in [
+        ("300ms", 280, 2000),
+        ("0.3s", 280, 2000),
+        ("0.3", 280, 2000),
+    ] {
+        let started = Instant::now();
+        let answer = app
+            .get(&format!("/v1/streams/units/events?after=1&wait={raw}"))
+            .await;
+        assert_eq!(answer.status(), 200, "wait={raw}");
+        // The head comes at once; the body when the wait is over.
+        let body: Value = answer.json().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(body["events"], json!([]));
+        assert!(
+            took >= Duration::from_millis(at_least) && took < Duration::from_millis(below),
+            "wait={raw} took {took:?}"
+        );
+    }
+    for bad in ["abc", "-1s", "25x", "s"] {
+        let refused = app
+            .get(&format!("/v1/streams/units/events?after=1&wait={bad}"))
+            .await;
+        assert_problem(refused, 422, "validation").await;
+    }
+}
