@@ -77,7 +77,7 @@ mod tests {
         for (name, reserved) in [
             ("herald:ops", true),
             ("herald:test", true),
-            ("herald:", false),
+            ("herald:", true),
             ("heraldry:x", false),
             ("payment:herald:ops", false),
         ] {
