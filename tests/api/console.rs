@@ -79,8 +79,36 @@ async fn an_operator_finds_a_failed_delivery_sees_why_and_replays_it() {
     receiver.set_default(failing);
     let browser = Browser::start(&app.address).await;
 
-    // A wrong key: a clear message, and the form stays.
+    // Signed out, only the sign-in form shows: every element toggled with `hidden` is
+    // really hidden (stylesheet display rules must not override the attribute).
     browser.goto("/admin/").await;
+    browser
+        .wait_until(
+            "the sign-in form",
+            "!document.getElementById('sign-in-view').hidden",
+        )
+        .await;
+    let shown = browser
+        .js(
+            "return Array.from(document.querySelectorAll('[hidden]'))\
+               .filter(e => getComputedStyle(e).display !== 'none').map(e => e.id || e.tagName);",
+            vec![],
+        )
+        .await;
+    assert_eq!(shown, json!([]), "hidden elements that still show");
+    for id in ["nav", "session", "view"] {
+        let visible = browser
+            .js(
+                &format!(
+                    "return getComputedStyle(document.getElementById('{id}')).display !== 'none';"
+                ),
+                vec![],
+            )
+            .await;
+        assert_eq!(visible, json!(false), "#{id} shows while signed out");
+    }
+
+    // A wrong key: a clear message, and the form stays.
     browser
         .fill("#key", "hrld_not_a_real_key_000000000000")
         .await;
