@@ -79,14 +79,25 @@ async fn purge_events_batch(pool: &DbPool, cutoff: Uuid) -> anyhow::Result<usize
 
 async fn purge_idempotency_batch(pool: &DbPool) -> anyhow::Result<usize> {
     let mut conn = pool.get().await?;
-    Ok(diesel::sql_query(format!(
+    // Records written before keys were scoped per API key, then the current ones.
+    let legacy = diesel::sql_query(format!(
         "DELETE FROM idempotency_keys WHERE key IN \
          (SELECT key FROM idempotency_keys WHERE created_at < now() - interval '{RETENTION_HOURS} hours' \
           LIMIT $1 FOR UPDATE SKIP LOCKED)"
     ))
     .bind::<BigInt, _>(BATCH)
     .execute(&mut conn)
-    .await?)
+    .await?;
+    let current = diesel::sql_query(format!(
+        "DELETE FROM idempotency_records WHERE (api_key_id, key) IN \
+         (SELECT api_key_id, key FROM idempotency_records \
+           WHERE created_at < now() - interval '{RETENTION_HOURS} hours' \
+           LIMIT $1 FOR UPDATE SKIP LOCKED)"
+    ))
+    .bind::<BigInt, _>(BATCH)
+    .execute(&mut conn)
+    .await?;
+    Ok(legacy.max(current))
 }
 
 /// One full purge: batches until nothing old is left. Returns the events deleted.

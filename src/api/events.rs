@@ -161,6 +161,7 @@ fn request_hash(route: &str, events: &[PendingEvent]) -> Vec<u8> {
 /// are a replay of an earlier request.
 async fn store(
     state: &AppState,
+    principal: &Principal,
     route: &str,
     key: Option<String>,
     pending: Vec<PendingEvent>,
@@ -174,14 +175,14 @@ async fn store(
     let claim_hash = hash.clone();
     let insert_claim = state.notifier.insert_claim();
     let outcome = conn
-        .transaction(
-            async |conn| match idempotency::claim(conn, &key, &claim_hash, &ids).await? {
+        .transaction(async |conn| {
+            match idempotency::claim(conn, principal.key_id, &key, &claim_hash, &ids).await? {
                 Claim::Fresh => event::insert_all(conn, pending, insert_claim.as_ref())
                     .await
                     .map(Ok),
                 Claim::Existing(record) => Ok(Err(record)),
-            },
-        )
+            }
+        })
         .await?;
     match outcome {
         Ok(mut stored) => {
@@ -226,7 +227,7 @@ async fn create_event(
     let limit = state.settings.max_payload + ENVELOPE_ALLOWANCE;
     let (input, _) = read_json::<EventInput>(&req, body, limit, "HERALD_MAX_PAYLOAD").await?;
     let pending = input.parse("", state.settings.max_payload)?;
-    let (events, replayed) = store(&state, "/v1/events", key, vec![pending]).await?;
+    let (events, replayed) = store(&state, &principal, "/v1/events", key, vec![pending]).await?;
     let event = events
         .into_iter()
         .next()
@@ -274,7 +275,7 @@ async fn create_events_batch(
         .enumerate()
         .map(|(i, e)| e.parse(&format!("events[{i}]."), state.settings.max_payload))
         .collect::<Result<Vec<_>, _>>()?;
-    let (events, replayed) = store(&state, "/v1/events/batch", key, pending).await?;
+    let (events, replayed) = store(&state, &principal, "/v1/events/batch", key, pending).await?;
     Ok(respond(replayed).json(BatchDto {
         events: events.into_iter().map(EventDto::from).collect(),
     }))

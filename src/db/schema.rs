@@ -97,6 +97,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    idempotency_records (api_key_id, key) {
+        api_key_id -> Uuid,
+        key -> Text,
+        request_hash -> Bytea,
+        event_ids -> Array<Uuid>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sessions (token_hash) {
         token_hash -> Bytea,
         api_key_id -> Uuid,
@@ -136,6 +146,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     endpoints,
     events,
     idempotency_keys,
+    idempotency_records,
     replays,
     sessions,
     streams

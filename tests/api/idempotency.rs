@@ -127,7 +127,7 @@ async fn keys_expire_after_24_hours() {
     app.db()
         .await
         .execute(
-            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
+            "UPDATE idempotency_records SET created_at = now() - interval '25 hours'",
             &[],
         )
         .await
@@ -144,4 +144,82 @@ async fn a_malformed_key_is_422() {
     let response = post_with_key(&app, "/v1/events", &"k".repeat(256), &body).await;
     let problem = assert_problem(response, 422, "validation").await;
     assert_eq!(problem["field"], "Idempotency-Key");
+}
+
+async fn post_as(app: &TestApp, api_key: &str, idempotency_key: &str, body: &Value) -> Response {
+    app.request(Method::POST, "/v1/events", api_key)
+        .header("Idempotency-Key", idempotency_key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_belong_to_the_api_key_that_used_them() {
+    let app = spawn_app().await;
+    let a = app.create_key("publisher", &[]).await;
+    let b = app.create_key("publisher", &[]).await;
+    let body_a = json!({"stream": "s", "type": "t", "payload": "a"});
+    let body_b = json!({"stream": "s", "type": "t", "payload": "b"});
+
+    let first_a = post_as(&app, &a, "order-1", &body_a).await;
+    assert_eq!(first_a.status(), 201);
+    let first_a: Value = first_a.json().await.unwrap();
+    // B's request with the same key is its own: neither A's event back nor a conflict
+    // that would reveal A's request.
+    let first_b = post_as(&app, &b, "order-1", &body_b).await;
+    assert_eq!(first_b.status(), 201);
+    let first_b: Value = first_b.json().await.unwrap();
+    assert_ne!(first_a["id"], first_b["id"]);
+    // The same body under B's key is a new event too.
+    let same_body = post_as(&app, &b, "order-2", &body_a).await;
+    assert_eq!(same_body.status(), 201);
+    // Each key's retry is recognised as its own.
+    let again_a = post_as(&app, &a, "order-1", &body_a).await;
+    assert_eq!(again_a.status(), 200);
+    assert_eq!(again_a.json::<Value>().await.unwrap(), first_a);
+    let again_b = post_as(&app, &b, "order-1", &body_b).await;
+    assert_eq!(again_b.status(), 200);
+    assert_eq!(again_b.json::<Value>().await.unwrap(), first_b);
+    let stream: Value = app.get("/v1/streams/s").await.json().await.unwrap();
+    assert_eq!(stream["last_seq"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_before_keys_were_scoped_are_honoured_until_they_expire() {
+    let app = spawn_app().await;
+    let event = app.publish("s", "t", json!(1)).await;
+    let id = event["id"].as_str().unwrap().to_owned();
+    // A record as the previous version wrote it: global, not tied to an API key.
+    app.db()
+        .await
+        .execute(
+            "INSERT INTO idempotency_keys (key, request_hash, event_ids) \
+             VALUES ($1, $2, ARRAY[$3::text::uuid])",
+            &[&"legacy-1", &vec![0_u8; 32], &id],
+        )
+        .await
+        .unwrap();
+    let body = json!({"stream": "s", "type": "t", "payload": 2});
+    let publisher = app.create_key("publisher", &[]).await;
+    assert_problem(
+        post_as(&app, &publisher, "legacy-1", &body).await,
+        409,
+        "conflict",
+    )
+    .await;
+    // Once it is older than 24 h it no longer counts.
+    app.db()
+        .await
+        .execute(
+            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        post_as(&app, &publisher, "legacy-1", &body).await.status(),
+        201
+    );
 }

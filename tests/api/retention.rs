@@ -45,12 +45,14 @@ async fn events_past_retention_are_purged_and_readers_get_410() {
         .await
         .unwrap();
     }
-    db.execute(
-        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
-        &[],
-    )
-    .await
-    .unwrap();
+    for table in ["idempotency_keys", "idempotency_records"] {
+        db.execute(
+            &format!("UPDATE {table} SET created_at = now() - interval '25 hours'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
 
     let pool = herald::db::build_pool(&app.database_url, 2, Duration::from_secs(5)).unwrap();
     let metrics = Metrics::default();
@@ -82,7 +84,10 @@ async fn events_past_retention_are_purged_and_readers_get_410() {
     assert_eq!(app.publish("s", "t", json!(5)).await["seq"], 5);
 
     let keys: i64 = db
-        .query_one("SELECT count(*) FROM idempotency_keys", &[])
+        .query_one(
+            "SELECT (SELECT count(*) FROM idempotency_keys) + (SELECT count(*) FROM idempotency_records)",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);

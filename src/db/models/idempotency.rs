@@ -32,8 +32,12 @@ pub enum Claim {
     Existing(IdempotencyRecord),
 }
 
-/// Records that this transaction creates `event_ids` for `key`, unless a live record for
-/// the key exists.
+/// Records that this transaction creates `event_ids` for the API key `api_key_id`'s
+/// idempotency key `key`, unless a live record for it exists.
+///
+/// Keys are scoped to the API key that used them (`idempotency_records`). Records written
+/// before that (`idempotency_keys`, global) are still honoured until they expire, so a
+/// retry across the upgrade is still recognised.
 ///
 /// If another transaction is inserting the same key right now, PostgreSQL makes this one
 /// wait for it on the primary key: when it commits, this one sees its record (`Existing`);
@@ -41,17 +45,31 @@ pub enum Claim {
 /// create one set of events.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
+    api_key_id: Uuid,
     key: &str,
     request_hash: &[u8],
     event_ids: &[Uuid],
 ) -> QueryResult<Claim> {
+    let legacy: Option<IdempotencyRecord> = diesel::sql_query(format!(
+        "SELECT request_hash, event_ids, created_at FROM idempotency_keys \
+          WHERE key = $1 AND created_at >= now() - interval '{RETENTION_HOURS} hours'"
+    ))
+    .bind::<Text, _>(key)
+    .get_result(conn)
+    .await
+    .optional()?;
+    if let Some(record) = legacy {
+        return Ok(Claim::Existing(record));
+    }
     let inserted = diesel::sql_query(format!(
-        "INSERT INTO idempotency_keys AS k (key, request_hash, event_ids) VALUES ($1, $2, $3) \
-         ON CONFLICT (key) DO UPDATE \
+        "INSERT INTO idempotency_records AS k (api_key_id, key, request_hash, event_ids) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (api_key_id, key) DO UPDATE \
            SET request_hash = EXCLUDED.request_hash, event_ids = EXCLUDED.event_ids, \
                created_at = now() \
            WHERE k.created_at < now() - interval '{RETENTION_HOURS} hours'"
     ))
+    .bind::<SqlUuid, _>(api_key_id)
     .bind::<Text, _>(key)
     .bind::<Bytea, _>(request_hash)
     .bind::<Array<SqlUuid>, _>(event_ids)
@@ -61,8 +79,10 @@ pub async fn claim(
         return Ok(Claim::Fresh);
     }
     let existing: IdempotencyRecord = diesel::sql_query(
-        "SELECT request_hash, event_ids, created_at FROM idempotency_keys WHERE key = $1",
+        "SELECT request_hash, event_ids, created_at FROM idempotency_records \
+          WHERE api_key_id = $1 AND key = $2",
     )
+    .bind::<SqlUuid, _>(api_key_id)
     .bind::<Text, _>(key)
     .get_result(conn)
     .await?;
