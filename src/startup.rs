@@ -41,7 +41,7 @@ pub struct AppState {
     /// The group committer for new events.
     pub ingest: Ingest,
     /// Recently authenticated keys.
-    pub keys: KeyCache,
+    pub keys: Arc<KeyCache>,
     /// Held long-polls and SSE streams.
     pub hub: Arc<Hub>,
     /// The after-commit hook that wakes hubs.
@@ -50,6 +50,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Reports clients of held requests that went away.
     pub disconnects: Arc<DisconnectWatcher>,
+    /// Held requests by API key, ended when their key is deleted.
+    pub key_holds: Arc<crate::streams::holds::KeyHolds>,
     /// Failed console sign-ins, per address.
     pub sign_ins: crate::api::sessions::SignInLimiter,
 }
@@ -114,6 +116,8 @@ impl Application {
         let committers = (settings.db_pool_size / 4).clamp(1, 4);
         let (ingest, committer_handles) = Ingest::start(pool.clone(), committers, notifier.clone());
         let background_stop = CancellationToken::new();
+        let keys = Arc::new(KeyCache::default());
+        let key_holds = Arc::new(crate::streams::holds::KeyHolds::new(keys.clone()));
         let background = vec![
             tokio::spawn(notifier.clone().run(pool.clone(), background_stop.clone())),
             tokio::spawn(listener::run_listener(
@@ -131,6 +135,11 @@ impl Application {
                 background_stop.clone(),
             )),
             tokio::spawn(metrics.clone().run_upkeep(background_stop.clone())),
+            tokio::spawn(
+                key_holds
+                    .clone()
+                    .run_check(pool.clone(), background_stop.clone()),
+            ),
             tokio::spawn(listener::run_fallback_check(
                 pool.clone(),
                 hub.clone(),
@@ -176,11 +185,12 @@ impl Application {
             pool,
             settings: Arc::new(settings),
             ingest,
-            keys: KeyCache::default(),
+            keys,
             hub,
             notifier,
             metrics,
             disconnects: DisconnectWatcher::start()?,
+            key_holds,
             sign_ins: crate::api::sessions::SignInLimiter::default(),
         });
         let app_state = state.clone();

@@ -181,5 +181,7 @@ async fn delete_key(
         return Err(ApiError::NotFound(format!("no key with id {id}")));
     }
     state.keys.evict(id);
+    // Its held long-polls and SSE streams here end now; other instances' within seconds.
+    state.key_holds.revoke(id);
     Ok(HttpResponse::NoContent().finish())
 }

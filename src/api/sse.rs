@@ -88,6 +88,7 @@ pub(super) async fn stream_sse(
         heartbeat,
         end_at: Instant::now() + settings.sse_max_lifetime,
         shutdown: state.hub.shutdown_token(),
+        hold: state.key_holds.hold(principal.key_id),
         closed: Box::pin(
             state
                 .disconnects
@@ -118,6 +119,8 @@ struct Sse {
     heartbeat: Interval,
     end_at: Instant,
     shutdown: CancellationToken,
+    /// Ends the stream when the key is deleted.
+    hold: crate::streams::holds::Hold,
     closed: Pin<Box<dyn Future<Output = ()>>>,
     started: bool,
 }
@@ -140,6 +143,9 @@ impl Sse {
             return Some(Bytes::from(chunk));
         }
         loop {
+            if self.hold.token().is_cancelled() {
+                return None;
+            }
             if self.catching_up {
                 let events = match self.read().await {
                     Ok(events) => events,
@@ -153,8 +159,10 @@ impl Sse {
                 }
                 continue;
             }
+            let revoked = self.hold.token();
             tokio::select! {
                 () = self.shutdown.cancelled() => return None,
+                () = revoked.cancelled() => return None,
                 () = tokio::time::sleep_until(self.end_at) => return None,
                 () = &mut self.closed => {
                     inc(&self.state.metrics.waiters_disconnected);

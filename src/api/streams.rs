@@ -302,6 +302,7 @@ async fn list_stream_events(
     // several KiB) is released while the body waits: a held long-poll then costs little
     // more than its connection.
     let held = Held {
+        hold: state.key_holds.hold(principal.key_id),
         closed: Box::pin(
             state
                 .disconnects
@@ -324,6 +325,8 @@ async fn list_stream_events(
 /// A long-poll waiting for its stream.
 struct Held {
     state: web::Data<AppState>,
+    /// Ends the wait when the key is deleted.
+    hold: crate::streams::holds::Hold,
     subscription: Subscription,
     stream: String,
     after: i64,
@@ -339,6 +342,7 @@ impl Held {
     async fn answer(mut self) -> Bytes {
         let timeout = tokio::time::sleep(self.wait);
         let shutdown = self.state.hub.shutdown_token();
+        let revoked = self.hold.token();
         tokio::pin!(timeout);
         let limit_usize = usize::try_from(self.limit).unwrap_or(100);
         let metrics = &self.state.metrics;
@@ -349,6 +353,8 @@ impl Held {
                     break Vec::new();
                 }
                 () = shutdown.cancelled() => break Vec::new(),
+                // The key was deleted: an empty page; the next request gets 401.
+                () = revoked.cancelled() => break Vec::new(),
                 () = &mut self.closed => {
                     inc(&metrics.waiters_disconnected);
                     break Vec::new();

@@ -7,8 +7,10 @@
 //! - `listener`: a dedicated `LISTEN` connection that turns other instances' `NOTIFY`s
 //!   into hints, plus the slow fallback check that bounds the delay when a hint is lost.
 //! - `disconnect`: noticing that a held request's client went away.
+//! - `holds`: held requests by API key, ended when their key is deleted.
 
 pub mod disconnect;
+pub mod holds;
 pub mod hub;
 pub mod listener;
 pub mod notify;

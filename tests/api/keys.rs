@@ -292,3 +292,74 @@ async fn an_empty_database_gets_one_generated_admin_key() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["keys"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_keys_held_polls_and_sse_streams_end_within_seconds_on_every_instance() {
+    let a = crate::helpers::spawn_app().await;
+    let b = crate::helpers::spawn_app_on(
+        crate::helpers::test_settings(),
+        a.db_name.clone(),
+        a.database_url.clone(),
+    )
+    .await;
+    let reader = a.create_key("subscriber", &["orders"]).await;
+    // A long-poll and an SSE stream on instance B, the deletion through instance A.
+    let client = reqwest::Client::new();
+    let poll = client
+        .get(format!("{}/v1/streams/orders/events?wait=50", b.address))
+        .bearer_auth(&reader)
+        .send();
+    let sse = client
+        .get(format!("{}/v1/streams/orders/sse", b.address))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let poll = tokio::spawn(async move { poll.await.unwrap().text().await.unwrap() });
+    let sse = tokio::spawn(async move { sse.text().await.unwrap() });
+    b.wait_for_metric("herald_waiters", 2).await;
+
+    let keys: serde_json::Value = a.get("/v1/keys").await.json().await.unwrap();
+    let id = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["role"] == "subscriber")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deleted_at = std::time::Instant::now();
+    let deleted = a
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/keys/{id}"),
+            crate::helpers::ADMIN_KEY,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), poll)
+        .await
+        .expect("the held poll ended")
+        .unwrap();
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["events"], serde_json::json!([]));
+    tokio::time::timeout(std::time::Duration::from_secs(10), sse)
+        .await
+        .expect("the SSE stream ended")
+        .unwrap();
+    let took = deleted_at.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    // And the key no longer reads anything.
+    let refused = client
+        .get(format!("{}/v1/streams/orders/events?wait=0", b.address))
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+}

@@ -96,6 +96,15 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
+/// Which of `ids` still exist.
+pub async fn existing(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResult<Vec<Uuid>> {
+    api_keys::table
+        .filter(api_keys::id.eq_any(ids))
+        .select(api_keys::id)
+        .load(conn)
+        .await
+}
+
 /// Deletes a key; returns whether it existed.
 pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool> {
     diesel::delete(api_keys::table.find(id))
