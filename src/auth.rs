@@ -35,9 +35,30 @@ pub struct Principal {
     pub role: Role,
     /// For subscribers: which stream names it may read.
     pub stream_prefixes: Vec<String>,
+    /// Its own cap on held requests per instance, if it has one.
+    pub max_held: Option<usize>,
 }
 
 impl Principal {
+    /// Registers a held request (long-poll or SSE) of this key, within its cap on this
+    /// instance: `429` with `Retry-After` past it.
+    pub fn hold(
+        &self,
+        holds: &std::sync::Arc<crate::streams::holds::KeyHolds>,
+        default_cap: usize,
+    ) -> Result<crate::streams::holds::Hold, ApiError> {
+        let cap = self.max_held.unwrap_or(default_cap);
+        holds
+            .hold(self.key_id, cap)
+            .ok_or_else(|| ApiError::TooManyRequests {
+                detail: format!(
+                    "this key already holds {cap} long-polls and SSE streams on this instance \
+                 (its max_held, or HERALD_MAX_WAITERS_PER_KEY); close one or retry later"
+                ),
+                retry_after: 5,
+            })
+    }
+
     /// Only admins.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.role {
@@ -154,6 +175,7 @@ async fn authenticate_session(state: &AppState, cookie: CookieAuth) -> Result<Pr
     Ok(Principal {
         key_id: key.id,
         role: key.role(),
+        max_held: key.max_held.and_then(|n| usize::try_from(n).ok()),
         stream_prefixes: key.stream_prefixes,
     })
 }
@@ -175,6 +197,7 @@ async fn authenticate(state: &AppState, raw: Option<String>) -> Result<Principal
     let principal = Principal {
         key_id: key.id,
         role: key.role(),
+        max_held: key.max_held.and_then(|n| usize::try_from(n).ok()),
         stream_prefixes: key.stream_prefixes,
     };
     state.keys.put(hash, principal.clone());

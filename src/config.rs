@@ -70,6 +70,9 @@ pub struct Settings {
     pub longpoll_max_wait: Duration,
     /// `HERALD_MAX_WAITERS`: held long-polls and SSE streams per instance; beyond, `503`.
     pub max_waiters: usize,
+    /// `HERALD_MAX_WAITERS_PER_KEY`: held requests one API key may have open per instance,
+    /// unless the key has its own `max_held`.
+    pub max_waiters_per_key: usize,
     /// `HERALD_LONGPOLL_FALLBACK_INTERVAL`: how often watched streams are re-checked in
     /// case a notification was lost.
     pub fallback_interval: Duration,
@@ -186,6 +189,13 @@ impl Settings {
                 .parse::<usize>()
                 .map_err(|_| format!("expected a whole number, got {raw:?}"))
         })?;
+        let max_waiters_per_key = parse!("HERALD_MAX_WAITERS_PER_KEY", "10000", |raw| {
+            raw.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("expected a whole number above 0, got {raw:?}"))
+        })?;
         let fallback_interval = parse!("HERALD_LONGPOLL_FALLBACK_INTERVAL", "1s", parse_duration)?;
         let sse_heartbeat = parse!("HERALD_SSE_HEARTBEAT", "15s", parse_duration)?;
         let sse_max_lifetime = parse!("HERALD_SSE_MAX_LIFETIME", "10m", parse_duration)?;
@@ -262,6 +272,7 @@ impl Settings {
             longpoll_default_wait,
             longpoll_max_wait,
             max_waiters,
+            max_waiters_per_key,
             fallback_interval,
             sse_heartbeat,
             sse_max_lifetime,

@@ -30,6 +30,9 @@ pub struct KeyDto {
     key_prefix: String,
     description: String,
     created_at: DateTime<Utc>,
+    /// Held long-polls and SSE streams it may have open per instance; `null`: the
+    /// instance's `HERALD_MAX_WAITERS_PER_KEY`.
+    max_held: Option<i32>,
 }
 
 impl From<ApiKey> for KeyDto {
@@ -41,6 +44,7 @@ impl From<ApiKey> for KeyDto {
             key_prefix: k.key_prefix,
             description: k.description,
             created_at: k.created_at,
+            max_held: k.max_held,
         }
     }
 }
@@ -61,6 +65,8 @@ struct CreateKeyInput {
     stream_prefixes: Vec<String>,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    max_held: Option<i64>,
 }
 
 /// Checks that a role and its prefixes go together: subscribers need at least one prefix,
@@ -114,8 +120,18 @@ async fn create_key(
             "must be at most 1000 characters",
         ));
     }
+    let max_held = input
+        .max_held
+        .map(|n| {
+            i32::try_from(n)
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| ApiError::invalid("max_held", "must be 1 to 1000000"))
+        })
+        .transpose()?;
     let secret = ApiKeySecret::generate();
-    let record = ApiKey::new(&secret, role, prefixes, input.description);
+    let mut record = ApiKey::new(&secret, role, prefixes, input.description);
+    record.max_held = max_held;
     let mut conn = state.pool.get().await?;
     api_key::insert(&mut conn, &record).await?;
     Ok(HttpResponse::Created().json(CreatedKeyDto {

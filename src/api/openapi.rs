@@ -305,6 +305,9 @@ pub struct NewKey {
     pub stream_prefixes: Option<Vec<String>>,
     /// A note for people.
     pub description: Option<String>,
+    /// Held long-polls and SSE streams it may have open per instance (1-1000000); omitted:
+    /// the instance's `HERALD_MAX_WAITERS_PER_KEY`.
+    pub max_held: Option<i64>,
 }
 
 /// An endpoint to create, or the fields to change (all optional when changing).

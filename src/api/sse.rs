@@ -69,6 +69,7 @@ pub(super) async fn stream_sse(
             "Herald is shutting down; connect to another instance",
         ));
     }
+    let hold = principal.hold(&state.key_holds, state.settings.max_waiters_per_key)?;
     let subscription = state.hub.subscribe(stream.as_str(), cursor).map_err(|_| {
         inc(&state.metrics.longpolls_rejected);
         unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
@@ -88,7 +89,7 @@ pub(super) async fn stream_sse(
         heartbeat,
         end_at: Instant::now() + settings.sse_max_lifetime,
         shutdown: state.hub.shutdown_token(),
-        hold: state.key_holds.hold(principal.key_id),
+        hold,
         closed: Box::pin(
             state
                 .disconnects

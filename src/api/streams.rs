@@ -286,6 +286,7 @@ async fn list_stream_events(
             "Herald is shutting down; poll another instance",
         ));
     }
+    let hold = principal.hold(&state.key_holds, state.settings.max_waiters_per_key)?;
     // Subscribe before reading, so that a commit between the read and the wait still
     // wakes this request.
     let subscription = state.hub.subscribe(stream.as_str(), after).map_err(|_| {
@@ -302,7 +303,7 @@ async fn list_stream_events(
     // several KiB) is released while the body waits: a held long-poll then costs little
     // more than its connection.
     let held = Held {
-        hold: state.key_holds.hold(principal.key_id),
+        hold,
         closed: Box::pin(
             state
                 .disconnects

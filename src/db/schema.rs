@@ -10,6 +10,7 @@ diesel::table! {
         stream_prefixes -> Array<Text>,
         description -> Text,
         created_at -> Timestamptz,
+        max_held -> Nullable<Int4>,
     }
 }
 

@@ -1,4 +1,8 @@
-//! Held requests by API key, so that a deleted key stops reading within seconds.
+//! Held requests by API key: each key's cap, and ending a deleted key's within seconds.
+//!
+//! A key may hold at most its `max_held` (or `HERALD_MAX_WAITERS_PER_KEY`) long-polls and
+//! SSE streams open on one instance; past that it gets `429` with `Retry-After`, so one key
+//! cannot take every held connection of the instance (`HERALD_MAX_WAITERS`, `503`).
 //!
 //! Authentication happens when a request arrives; a long-poll is then held for up to
 //! `HERALD_LONGPOLL_MAX_WAIT` and an SSE stream for up to `HERALD_SSE_MAX_LIFETIME`. Each
@@ -84,9 +88,13 @@ impl KeyHolds {
         self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a held request of the key `key`.
-    pub fn hold(self: &Arc<Self>, key: Uuid) -> Hold {
+    /// Registers a held request of the key `key`, unless it already has `cap` of them
+    /// here (then `None`).
+    pub fn hold(self: &Arc<Self>, key: Uuid, cap: usize) -> Option<Hold> {
         let mut held = self.lock();
+        if held.get(&key).is_some_and(|entry| entry.count >= cap) {
+            return None;
+        }
         let entry = held.entry(key).or_insert_with(|| Entry {
             token: CancellationToken::new(),
             count: 0,
@@ -95,12 +103,12 @@ impl KeyHolds {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         });
         entry.count += 1;
-        Hold {
+        Some(Hold {
             holds: self.clone(),
             key,
             token: entry.token.clone(),
             generation: entry.generation,
-        }
+        })
     }
 
     /// Ends every held request of `key` (it was deleted) and forgets it was authenticated.
@@ -157,15 +165,16 @@ mod tests {
     fn revoking_a_key_cancels_its_holds_and_only_its_own() {
         let holds = Arc::new(KeyHolds::default());
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        let a1 = holds.hold(a);
-        let a2 = holds.hold(a);
-        let b1 = holds.hold(b);
+        let a1 = holds.hold(a, 2).unwrap();
+        let a2 = holds.hold(a, 2).unwrap();
+        assert!(holds.hold(a, 2).is_none(), "past the cap");
+        let b1 = holds.hold(b, 2).unwrap();
         holds.revoke(a);
         assert!(a1.token().is_cancelled() && a2.token().is_cancelled());
         assert!(!b1.token().is_cancelled());
         assert_eq!(holds.keys(), vec![b]);
         // A later hold of the same key is not undone by the revoked ones going away.
-        let a3 = holds.hold(a);
+        let a3 = holds.hold(a, 2).unwrap();
         drop((a1, a2));
         assert!(!a3.token().is_cancelled());
         assert_eq!(holds.keys().len(), 2);

@@ -363,3 +363,77 @@ async fn a_deleted_keys_held_polls_and_sse_streams_end_within_seconds_on_every_i
         .unwrap();
     assert_eq!(refused.status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_holds_at_most_its_max_held_polls_and_streams() {
+    let app = spawn_app().await;
+    let created = app
+        .post(
+            "/v1/keys",
+            &json!({"role": "subscriber", "stream_prefixes": ["orders"], "max_held": 2}),
+        )
+        .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["max_held"], 2);
+    let key = created["key"].as_str().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let poll = |client: reqwest::Client, base: String, key: String| async move {
+        client
+            .get(format!("{base}/v1/streams/orders/events?wait=30"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    };
+    // One long-poll and one SSE stream: its two.
+    let first = poll(client.clone(), app.address.clone(), key.clone()).await;
+    assert_eq!(first.status(), 200);
+    let sse = client
+        .get(format!("{}/v1/streams/orders/sse", app.address))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    // A third is refused with 429 and Retry-After, while other keys are not.
+    let third = poll(client.clone(), app.address.clone(), key.clone()).await;
+    assert_eq!(third.headers()["retry-after"], "5");
+    let problem = assert_problem(third, 429, "too-many-requests").await;
+    assert!(problem["detail"].as_str().unwrap().contains("max_held"));
+    let admin = poll(client.clone(), app.address.clone(), ADMIN_KEY.to_owned()).await;
+    assert_eq!(admin.status(), 200);
+    // A plain poll holds nothing and is not counted.
+    let plain = client
+        .get(format!("{}/v1/streams/orders/events?wait=0", app.address))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    // Once the stream is closed, there is room again.
+    drop(sse);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let again = poll(client.clone(), app.address.clone(), key.clone()).await;
+        if again.status() == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no room after closing the stream"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Bad caps are refused.
+    for bad in [json!(0), json!(-1), json!(2_000_000)] {
+        let refused = app
+            .post(
+                "/v1/keys",
+                &json!({"role": "subscriber", "stream_prefixes": ["orders"], "max_held": bad}),
+            )
+            .await;
+        assert_problem(refused, 422, "validation").await;
+    }
+    drop(first);
+}

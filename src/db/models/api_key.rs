@@ -26,6 +26,9 @@ pub struct ApiKey {
     pub description: String,
     /// When it was created.
     pub created_at: DateTime<Utc>,
+    /// Held long-polls and SSE streams it may have open per instance (`None`: the
+    /// instance's `HERALD_MAX_WAITERS_PER_KEY`).
+    pub max_held: Option<i32>,
 }
 
 impl ApiKey {
@@ -44,6 +47,7 @@ impl ApiKey {
             stream_prefixes: prefixes,
             description,
             created_at: Utc::now().trunc_subsecs(6),
+            max_held: None,
         }
     }
 
