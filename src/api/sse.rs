@@ -76,6 +76,9 @@ pub(super) async fn stream_sse(
     })?;
     // The first read happens before answering, so that an expired cursor is a real 410.
     let first = fetch_page(&state.pool, stream.as_str(), cursor, CATCH_UP_LIMIT).await?;
+    if first.is_empty() {
+        subscription.caught_up(cursor);
+    }
     let settings = &state.settings;
     let mut heartbeat = tokio::time::interval(settings.sse_heartbeat);
     heartbeat.reset(); // the first tick after one interval, not now
@@ -158,6 +161,7 @@ impl Sse {
                 if !events.is_empty() {
                     return Some(Bytes::from(self.format(&events)));
                 }
+                self.subscription.caught_up(self.cursor);
                 continue;
             }
             let revoked = self.hold.token();

@@ -297,6 +297,7 @@ async fn list_stream_events(
     if !events.is_empty() {
         return Ok(page(&events, after, &poll));
     }
+    subscription.caught_up(after);
 
     // Nothing yet: answer with the status line and headers now and send the body when
     // there is something to say. The request itself (and actix-web's per-request state,

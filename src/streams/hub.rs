@@ -187,15 +187,8 @@ impl Hub {
             slot.subscribers.fetch_add(1, Ordering::AcqRel);
             slot
         };
-        {
-            // A cursor below what the slot knows can only come from a stream that has not
-            // reached the slot's first cursor yet: read from the lower cursor from now on.
-            let mut state = slot.state();
-            if after < state.known {
-                state.known = after;
-                state.recent.clear();
-            }
-        }
+        // A cursor below what the slot knows does not move the slot: such a reader reads
+        // its own pages (see `Subscription::caught_up` for the one case that lowers it).
         let changed = slot.changed.subscribe();
         Ok(Subscription {
             hub: self.clone(),
@@ -313,6 +306,20 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// Says that this subscriber's own read found nothing after `after`: the stream ends at
+    /// or below it. The slot only moves forward, except here: a slot created from a cursor
+    /// beyond the stream's end (a client's made-up cursor) must come down to where the
+    /// stream really ends, or it would skip the events between. A reader that is merely
+    /// behind (its read found events) never gets here, so catching up from an old cursor
+    /// never makes the slot re-read history for the stream's other waiters.
+    pub fn caught_up(&self, after: i64) {
+        let mut state = self.slot.state();
+        if after < state.known {
+            state.known = after;
+            state.recent.retain(|e| e.seq <= after);
+        }
+    }
+
     /// Waits until the slot has read something new.
     pub async fn changed(&mut self) {
         if self.changed.changed().await.is_err() {

@@ -463,3 +463,68 @@ async fn waits_take_the_units_the_document_offers() {
         assert_problem(refused, 422, "validation").await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_catching_up_from_an_old_cursor_does_not_make_the_hub_reread_history() {
+    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    app.wait_for_metric("herald_listener_connects_total", 1)
+        .await;
+    // 5,000 events of history.
+    for chunk in 0..5 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"stream": "history", "type": "t", "payload": chunk * 1000 + i}))
+            .collect();
+        assert_eq!(
+            app.post("/v1/events/batch", &json!({"events": events}))
+                .await
+                .status(),
+            201
+        );
+    }
+    // Ten waiters at the head.
+    let polls: Vec<_> = (0..10)
+        .map(|_| hold(&app, "/v1/streams/history/events?after=5000&wait=30"))
+        .collect();
+    app.wait_for_metric("herald_waiters", 10).await;
+    // A client loops from the beginning, one event at a time, as one catching up after a
+    // day offline (or a buggy one) does.
+    for _ in 0..20 {
+        let page: Value = app
+            .get("/v1/streams/history/events?after=0&limit=1&wait=1")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(page["events"][0]["seq"], 1);
+    }
+    let reads_before = app.metric("herald_hub_reads_total").await;
+    let event = app.publish("history", "t", json!("new")).await;
+    for poll in polls {
+        let (status, body, _, _) = poll.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body["events"], json!([event]));
+    }
+    // One read for the commit, not five pages of history per catching-up request.
+    assert_eq!(app.metric("herald_hub_reads_total").await - reads_before, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_the_streams_end_does_not_hide_events_from_other_waiters() {
+    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    app.wait_for_metric("herald_listener_connects_total", 1)
+        .await;
+    for i in 0..5 {
+        app.publish("ahead", "t", json!(i)).await;
+    }
+    // A made-up cursor far ahead holds first; then a reader at the real end.
+    let ahead = hold(&app, "/v1/streams/ahead/events?after=1000&wait=2");
+    app.wait_for_metric("herald_waiters", 1).await;
+    let at_end = hold(&app, "/v1/streams/ahead/events?after=5&wait=30");
+    app.wait_for_metric("herald_waiters", 2).await;
+    let event = app.publish("ahead", "t", json!("sixth")).await;
+    let (status, body, _, _) = at_end.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["events"], json!([event]));
+    let (_, body, _, _) = ahead.await.unwrap();
+    assert_eq!(body["events"], json!([]));
+}
