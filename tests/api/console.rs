@@ -529,3 +529,50 @@ async fn an_operator_manages_an_endpoint() {
     assert!(unexpected.is_empty(), "console errors: {unexpected:?}");
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_event_source_gets_payloads_with_line_breaks_whole() {
+    let app = console_app().await;
+    let payloads = [
+        "{\"s\":\n\"lf\"}",
+        "{\"s\":\r\n\"crlf\"}",
+        "{\"s\":\r\"cr\"}",
+        "{\"s\":\"\u{2028}\",\n\n\"n\": [1,\r\n2]}",
+    ];
+    for payload in payloads {
+        let response = app
+            .request(reqwest::Method::POST, "/v1/events", ADMIN_KEY)
+            .header("content-type", "application/json")
+            .body(format!(
+                "{{\"stream\":\"pretty\",\"type\":\"t\",\"payload\":{payload}}}"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+    }
+    let browser = Browser::start(&app.address).await;
+    // The console's session cookie authenticates the browser's EventSource.
+    sign_in(&browser).await;
+    browser
+        .js(
+            "window.__got = []; window.__ids = [];\
+             const source = new EventSource('/v1/streams/pretty/sse?after=0');\
+             source.addEventListener('t', e => { window.__got.push(e.data); window.__ids.push(e.lastEventId); });",
+            vec![],
+        )
+        .await;
+    browser
+        .wait_until("four events", "window.__got.length >= 4")
+        .await;
+    let got = browser.js("return window.__got;", vec![]).await;
+    let ids = browser.js("return window.__ids;", vec![]).await;
+    assert_eq!(ids, json!(["1", "2", "3", "4"]));
+    for (data, payload) in got.as_array().unwrap().iter().zip(payloads) {
+        let event: Value = serde_json::from_str(data.as_str().unwrap())
+            .unwrap_or_else(|e| panic!("the browser got broken JSON ({e}): {data}"));
+        let expected: Value = serde_json::from_str(payload).unwrap();
+        assert_eq!(event["payload"], expected);
+    }
+    browser.close().await;
+}
