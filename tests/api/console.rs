@@ -533,23 +533,9 @@ async fn an_operator_manages_an_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_event_source_gets_payloads_with_line_breaks_whole() {
     let app = console_app().await;
-    let payloads = [
-        "{\"s\":\n\"lf\"}",
-        "{\"s\":\r\n\"crlf\"}",
-        "{\"s\":\r\"cr\"}",
-        "{\"s\":\"\u{2028}\",\n\n\"n\": [1,\r\n2]}",
-    ];
+    let payloads = crate::helpers::MULTILINE_PAYLOADS;
     for payload in payloads {
-        let response = app
-            .request(reqwest::Method::POST, "/v1/events", ADMIN_KEY)
-            .header("content-type", "application/json")
-            .body(format!(
-                "{{\"stream\":\"pretty\",\"type\":\"t\",\"payload\":{payload}}}"
-            ))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
+        app.publish_raw("pretty", payload).await;
     }
     let browser = Browser::start(&app.address).await;
     // The console's session cookie authenticates the browser's EventSource.

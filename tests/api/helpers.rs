@@ -299,6 +299,21 @@ impl TestApp {
         response.json().await.expect("event json")
     }
 
+    /// Publishes to `stream` with `payload` written into the body as it is (line breaks
+    /// and all), as a producer that pretty-prints does.
+    pub async fn publish_raw(&self, stream: &str, payload: &str) {
+        let response = self
+            .request(Method::POST, "/v1/events", ADMIN_KEY)
+            .header("content-type", "application/json")
+            .body(format!(
+                "{{\"stream\":\"{stream}\",\"type\":\"t\",\"payload\":{payload}}}"
+            ))
+            .send()
+            .await
+            .expect("publish");
+        assert_eq!(response.status(), 201, "publish failed");
+    }
+
     /// Creates a key with this role and prefixes; returns the key in clear.
     pub async fn create_key(&self, role: &str, prefixes: &[&str]) -> String {
         let response = self
@@ -343,6 +358,15 @@ impl TestApp {
 }
 
 /// Asserts a problem+json response with this status and problem slug; returns the body.
+/// Payloads whose JSON spans lines every way SSE must handle: LF, CRLF, CR, blank lines,
+/// and U+2028 (not a line break for SSE).
+pub const MULTILINE_PAYLOADS: [&str; 4] = [
+    "{\"s\":\n\"lf\"}",
+    "{\"s\":\r\n\"crlf\"}",
+    "{\"s\":\r\"cr\"}",
+    "{\"s\":\"\u{2028}\",\n\n\"n\": [1,\r\n2]}",
+];
+
 pub async fn assert_problem(response: Response, status: u16, slug: &str) -> Value {
     assert_eq!(response.status(), status, "unexpected status");
     assert_eq!(

@@ -260,24 +260,9 @@ async fn a_last_event_id_older_than_retention_gets_410_with_where_to_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_frames_payloads_with_line_breaks_so_no_event_is_lost() {
     let app = spawn_app().await;
-    let payloads = [
-        "{\"s\":\n\"ok\"}",
-        "{\"s\":\r\n\"crlf\"}",
-        "{\"s\":\r\"cr\"}",
-        "{\"s\":\"\u{2028}\",\n\n\"n\": [1,\r\n2]}",
-    ];
-    let client = reqwest::Client::new();
+    let payloads = crate::helpers::MULTILINE_PAYLOADS;
     for payload in payloads {
-        let body = format!("{{\"stream\":\"pretty\",\"type\":\"t\",\"payload\":{payload}}}");
-        let response = client
-            .post(format!("{}/v1/events", app.address))
-            .bearer_auth(ADMIN_KEY)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 201);
+        app.publish_raw("pretty", payload).await;
     }
     let response = open(&app, "/v1/streams/pretty/sse?after=0", None).await;
     let raw_reader = &mut SseReader::new(response);
