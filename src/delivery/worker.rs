@@ -413,7 +413,14 @@ impl Worker {
                 }
             }
             *items = kept;
-            self.queue.set_skip(full_endpoints(&items, &endpoints));
+            // Ingest leaves new deliveries of endpoints with no room to the claim query.
+            self.queue.set_skip(
+                rooms(&items, &endpoints)
+                    .into_iter()
+                    .filter(|(_, room)| *room == 0)
+                    .map(|(id, _)| id)
+                    .collect(),
+            );
         }
         self.rate_waiting.store(rate_waiting, Ordering::Release);
         if !released.is_empty() {
@@ -502,25 +509,14 @@ impl Worker {
     /// Per endpoint the worker knows, how many more it may claim; and how many it holds
     /// in all (in flight and waiting).
     fn claim_rooms(&self) -> (Vec<Uuid>, Vec<i32>, usize) {
-        let mut waiting: HashMap<Uuid, usize> = HashMap::new();
-        let queued = {
-            let items = self.queue.lock();
-            for ready in items.iter() {
-                *waiting.entry(ready.claimed.endpoint_id).or_default() += 1;
-            }
-            items.len()
-        };
+        let items = self.queue.lock();
         let endpoints = self.endpoints();
         let in_flight: usize = endpoints.values().map(|s| s.in_flight).sum();
-        let (ids, rooms) = endpoints
-            .iter()
-            .map(|(id, state)| {
-                let held = state.in_flight + waiting.get(id).copied().unwrap_or(0);
-                let room = state.hold().saturating_sub(held);
-                (*id, i32::try_from(room).unwrap_or(i32::MAX))
-            })
+        let (ids, rooms) = rooms(&items, &endpoints)
+            .into_iter()
+            .map(|(id, room)| (id, i32::try_from(room).unwrap_or(i32::MAX)))
             .unzip();
-        (ids, rooms, queued + in_flight)
+        (ids, rooms, items.len() + in_flight)
     }
 
     /// One claim on the worker's own connection.
@@ -562,21 +558,21 @@ impl Worker {
     }
 }
 
-/// The endpoints the worker holds as much of as it should: ingest leaves their new
-/// deliveries to the claim query.
-fn full_endpoints(
+/// Per endpoint the worker knows, how many more of its deliveries it should take on: what
+/// it should hold ([`EndpointState::hold`]) less what is in flight and waiting in `items`.
+fn rooms(
     items: &std::collections::VecDeque<Ready>,
     endpoints: &HashMap<Uuid, EndpointState>,
-) -> Vec<Uuid> {
+) -> Vec<(Uuid, usize)> {
     let mut waiting: HashMap<Uuid, usize> = HashMap::new();
     for ready in items {
         *waiting.entry(ready.claimed.endpoint_id).or_default() += 1;
     }
     endpoints
         .iter()
-        .filter(|(id, state)| {
-            state.in_flight + waiting.get(*id).copied().unwrap_or(0) >= state.hold()
+        .map(|(id, state)| {
+            let held = state.in_flight + waiting.get(id).copied().unwrap_or(0);
+            (*id, state.hold().saturating_sub(held))
         })
-        .map(|(id, _)| *id)
         .collect()
 }

@@ -46,15 +46,21 @@ fn start_herald(database_url: &str, port: u16) -> Child {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
-    // An API-only instance (it sends nothing) to set up and to watch.
-    let app = spawn_app_with(|s| {
+/// An instance that sends no webhooks (set-up and watching only), allowing loopback
+/// endpoints.
+async fn api_only_app() -> crate::helpers::TestApp {
+    spawn_app_with(|s| {
         s.delivery_concurrency = 0;
         s.destinations =
             herald::domain::destination::DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
+    // An API-only instance (it sends nothing) to set up and to watch.
+    let app = api_only_app().await;
     let receiver = Receiver::start().await;
     receiver.set_default(Reply::status(200).after(REPLY_DELAY));
     let created = app
@@ -340,12 +346,7 @@ async fn three_instances_under_load_and_a_sigterm_deliver_everything_never_twice
 async fn deliveries_claimed_at_insert_by_an_instance_killed_mid_attempt_are_delivered_by_another_after_the_lease()
  {
     // An API-only instance to set up and to watch.
-    let app = spawn_app_with(|s| {
-        s.delivery_concurrency = 0;
-        s.destinations =
-            herald::domain::destination::DestinationGuard::parse_allowed("127.0.0.0/8").unwrap();
-    })
-    .await;
+    let app = api_only_app().await;
     let receiver = Receiver::start().await;
     // The first instance's attempts hang until it is killed.
     receiver.set_default(Reply::status(200).after(Duration::from_secs(60)));

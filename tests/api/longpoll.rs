@@ -10,6 +10,16 @@ use crate::helpers::{
     ADMIN_KEY, TestApp, assert_problem, spawn_app, spawn_app_on, spawn_app_with, test_settings,
 };
 
+/// A second Herald on `a`'s database, with its settings adjusted by `adjust`.
+async fn second_instance(
+    a: &TestApp,
+    adjust: impl FnOnce(&mut herald::config::Settings),
+) -> TestApp {
+    let mut settings = test_settings();
+    adjust(&mut settings);
+    spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await
+}
+
 /// Starts a long-poll in the background; returns its handle (status, body, headers, when it was answered).
 fn hold(
     app: &TestApp,
@@ -223,9 +233,7 @@ async fn a_poll_held_on_one_instance_is_answered_when_another_commits() {
     let slow_fallback =
         |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
     let a = spawn_app_with(slow_fallback).await;
-    let mut settings = test_settings();
-    slow_fallback(&mut settings);
-    let b = spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await;
+    let b = second_instance(&a, slow_fallback).await;
     b.wait_for_metric("herald_listener_connects_total", 1).await;
     a.wait_for_metric("herald_listener_connects_total", 1).await;
 
@@ -249,9 +257,7 @@ async fn a_killed_listen_connection_is_replaced_and_the_poll_still_gets_its_even
     let slow_fallback =
         |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
     let a = spawn_app_with(slow_fallback).await;
-    let mut settings = test_settings();
-    slow_fallback(&mut settings);
-    let b = spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await;
+    let b = second_instance(&a, slow_fallback).await;
     a.wait_for_metric("herald_listener_connects_total", 1).await;
 
     let poll = hold(&a, "/v1/streams/orders/events?wait=20");
@@ -402,9 +408,7 @@ async fn a_lone_instance_sends_no_notifications_until_another_listens() {
     );
 
     // A second instance says hello before it serves; from then on the first notifies it.
-    let mut settings = test_settings();
-    slow_fallback(&mut settings);
-    let b = spawn_app_on(settings, a.db_name.clone(), a.database_url.clone()).await;
+    let b = second_instance(&a, slow_fallback).await;
     let poll = hold(&b, "/v1/streams/orders/events?after=5&wait=20");
     b.wait_for_metric("herald_waiters", 1).await;
     let event = a.publish("orders", "order.created", json!({"n": 5})).await;
