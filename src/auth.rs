@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,6 +22,49 @@ use crate::db::models::api_key;
 use crate::domain::{ApiKeySecret, Role, StreamName};
 use crate::error::ApiError;
 use crate::startup::AppState;
+
+/// Failed authentications one client address may make at once ...
+pub const AUTH_FAILURE_BURST: u32 = 20;
+/// ... and then one more per this long.
+pub const AUTH_FAILURE_EVERY: Duration = Duration::from_secs(3);
+
+/// The limiter for failed authentications of any kind: [`AUTH_FAILURE_BURST`] per client
+/// address, then one per [`AUTH_FAILURE_EVERY`].
+pub fn failure_limiter() -> crate::throttle::FailureLimiter {
+    crate::throttle::FailureLimiter::new(AUTH_FAILURE_BURST, AUTH_FAILURE_EVERY)
+}
+
+impl AppState {
+    /// The client's address, believing forwarded headers only from trusted proxies.
+    pub fn client_addr(&self, req: &HttpRequest) -> IpAddr {
+        crate::throttle::client_addr(
+            req,
+            &self.settings.trusted_proxies,
+            self.settings.forwarded_header,
+        )
+    }
+
+    /// Counts a failed authentication from `ip`: `refusal` as it is within the address's
+    /// allowance, `429` with `Retry-After` past it.
+    pub fn auth_failed(&self, ip: IpAddr, refusal: ApiError) -> ApiError {
+        match self.auth_failures.failed(ip) {
+            None => {
+                crate::metrics::inc(&self.metrics.auth_refused);
+                refusal
+            }
+            Some(retry_after) => {
+                crate::metrics::inc(&self.metrics.auth_throttled);
+                ApiError::TooManyRequests {
+                    detail: format!(
+                        "too many failed authentications from this address; \
+                         try again in {retry_after} s"
+                    ),
+                    retry_after,
+                }
+            }
+        }
+    }
+}
 
 /// How long a looked-up key is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(5);
@@ -237,11 +281,24 @@ impl FromRequest for Principal {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         });
+        // Failures are counted only when something was presented: a request without
+        // credentials guessed nothing.
+        let presented = !matches!(raw, Ok(None)) || cookie.is_some();
+        let req = req.clone();
         Box::pin(async move {
             let state = state.ok_or_else(|| ApiError::Internal("AppState missing".into()))?;
-            match (raw?, cookie) {
-                (None, Some(cookie)) => authenticate_session(&state, cookie).await,
-                (raw, _) => authenticate(&state, raw).await,
+            let outcome = match (raw, cookie) {
+                (Err(refusal), _) => Err(refusal),
+                (Ok(None), Some(cookie)) => authenticate_session(&state, cookie).await,
+                (Ok(raw), _) => authenticate(&state, raw).await,
+            };
+            match outcome {
+                Err(refusal @ (ApiError::Unauthorized(_) | ApiError::Forbidden(_)))
+                    if presented =>
+                {
+                    Err(state.auth_failed(state.client_addr(&req), refusal))
+                }
+                outcome => outcome,
             }
         })
     }

@@ -91,6 +91,10 @@ pub struct Settings {
     pub delivery_concurrency: usize,
     /// `HERALD_ALLOWED_DESTINATIONS`: ranges webhooks may reach despite the guard.
     pub destinations: DestinationGuard,
+    /// `HERALD_TRUSTED_PROXIES`: proxies whose forwarded client addresses are believed.
+    pub trusted_proxies: crate::throttle::TrustedProxies,
+    /// `HERALD_FORWARDED_HEADER`: the header those proxies write the client address into.
+    pub forwarded_header: crate::throttle::ForwardedHeader,
     /// `HERALD_RETENTION`: events older than this are purged.
     pub retention: Duration,
     /// `HERALD_HTTP_WORKERS`: HTTP worker threads (default: one per CPU core).
@@ -237,6 +241,16 @@ impl Settings {
             "",
             DestinationGuard::parse_allowed
         )?;
+        let trusted_proxies = parse!(
+            "HERALD_TRUSTED_PROXIES",
+            "",
+            crate::throttle::TrustedProxies::parse
+        )?;
+        let forwarded_header = parse!(
+            "HERALD_FORWARDED_HEADER",
+            "x-forwarded-for",
+            crate::throttle::ForwardedHeader::parse
+        )?;
         let retention = parse!("HERALD_RETENTION", "30d", parse_duration)?;
         if retention < Duration::from_secs(60) {
             return Err(ConfigError {
@@ -281,6 +295,8 @@ impl Settings {
             disable_after,
             delivery_concurrency,
             destinations,
+            trusted_proxies,
+            forwarded_header,
             retention,
             http_workers,
             log_format,
@@ -339,6 +355,13 @@ mod tests {
 
         let err = settings(&[("HERALD_ADMIN_KEY", "short")]).unwrap_err();
         assert_eq!(err.var, "HERALD_ADMIN_KEY");
+
+        let err = settings(&[("HERALD_TRUSTED_PROXIES", "10.0.0.0/8,nginx")]).unwrap_err();
+        assert_eq!(err.var, "HERALD_TRUSTED_PROXIES");
+        assert!(err.to_string().contains("\"nginx\""));
+
+        let err = settings(&[("HERALD_FORWARDED_HEADER", "x-real-ip")]).unwrap_err();
+        assert_eq!(err.var, "HERALD_FORWARDED_HEADER");
     }
 
     #[test]

@@ -31,3 +31,4 @@ pub mod retention;
 pub mod startup;
 pub mod streams;
 pub mod telemetry;
+pub mod throttle;

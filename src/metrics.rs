@@ -43,6 +43,10 @@ pub struct Metrics {
     pub listener_connects: Counter,
     /// Events deleted by retention.
     pub events_purged: Counter,
+    /// Failed authentications answered 401/403.
+    pub auth_refused: Counter,
+    /// Failed authentications answered 429 (over the address's allowance).
+    pub auth_throttled: Counter,
     /// Webhook deliveries that succeeded.
     pub deliveries_succeeded: Counter,
     /// Webhook attempts that failed and were scheduled again.
@@ -141,6 +145,7 @@ impl Metrics {
             );
             recorder.register_histogram(&Key::from_static_name(name), &METADATA)
         };
+        let auth_failures = "Failed authentications (bad keys, sessions, CSRF tokens, sign-ins): refused, or throttled per client address.";
         let outcomes = "Webhook outcomes: deliveries that succeeded, attempts that will be retried, deliveries that failed for good.";
         Self {
             events_ingested: counter(
@@ -179,6 +184,16 @@ impl Metrics {
             events_purged: counter(
                 "herald_events_purged_total",
                 "Events deleted because they were older than HERALD_RETENTION.",
+            ),
+            auth_refused: labelled(
+                "herald_auth_failures_total",
+                auth_failures,
+                ("outcome", "refused"),
+            ),
+            auth_throttled: labelled(
+                "herald_auth_failures_total",
+                auth_failures,
+                ("outcome", "throttled"),
             ),
             deliveries_succeeded: labelled(
                 "herald_webhook_outcomes_total",

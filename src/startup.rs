@@ -52,8 +52,10 @@ pub struct AppState {
     pub disconnects: Arc<DisconnectWatcher>,
     /// Held requests by API key, ended when their key is deleted.
     pub key_holds: Arc<crate::streams::holds::KeyHolds>,
-    /// Failed console sign-ins, per address.
-    pub sign_ins: crate::api::sessions::SignInLimiter,
+    /// Failed authentications of any kind, per client address.
+    pub auth_failures: crate::throttle::FailureLimiter,
+    /// Failed console sign-ins, per client address (stricter: a lockout).
+    pub sign_ins: crate::throttle::FailureLimiter,
 }
 
 /// A built, bound, not yet running Herald.
@@ -191,7 +193,8 @@ impl Application {
             metrics,
             disconnects: DisconnectWatcher::start()?,
             key_holds,
-            sign_ins: crate::api::sessions::SignInLimiter::default(),
+            auth_failures: crate::auth::failure_limiter(),
+            sign_ins: crate::api::sessions::sign_in_limiter(),
         });
         let app_state = state.clone();
         // Generated once from the same route registrations the workers use.

@@ -4,14 +4,12 @@
 //! cookie that change anything must carry the session's CSRF token in `X-CSRF-Token`.
 //!
 //! Failed sign-ins are slowed down: each failure waits a little before answering, and
-//! after [`MAX_FAILURES`] failures from one address within [`FAILURE_WINDOW`] further
-//! attempts get `429` until the window has passed.
+//! after [`MAX_FAILURES`] failures from one client address (see [`crate::throttle`])
+//! further attempts get `429` with `Retry-After`, one more allowed per
+//! `FAILURE_WINDOW / MAX_FAILURES`. They also count as failed authentications.
 
 use actix_web::{delete, get, post};
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -30,6 +28,7 @@ use crate::db::models::session::{self, Session};
 use crate::domain::{ApiKeySecret, Role};
 use crate::error::ApiError;
 use crate::startup::AppState;
+use crate::throttle::FailureLimiter;
 
 /// How long a console session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -40,40 +39,12 @@ pub const FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Every failed sign-in is answered this much later.
 const FAILURE_DELAY: Duration = Duration::from_millis(300);
 
-/// Recent failed sign-ins per client address.
-#[derive(Debug, Default)]
-pub struct SignInLimiter {
-    failures: Mutex<HashMap<IpAddr, Vec<Instant>>>,
-}
-
-impl SignInLimiter {
-    /// Seconds until `ip` may try again, if it must wait.
-    fn wait_for(&self, ip: IpAddr) -> Option<u32> {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let recent = failures.entry(ip).or_default();
-        recent.retain(|at| at.elapsed() < FAILURE_WINDOW);
-        if recent.len() < MAX_FAILURES {
-            return None;
-        }
-        let oldest = recent.first().copied()?;
-        let left = FAILURE_WINDOW.saturating_sub(oldest.elapsed());
-        Some(u32::try_from(left.as_secs()).unwrap_or(u32::MAX).max(1))
-    }
-
-    fn failed(&self, ip: IpAddr) {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        if failures.len() > 100_000 {
-            failures.retain(|_, at| at.iter().any(|t| t.elapsed() < FAILURE_WINDOW));
-        }
-        failures.entry(ip).or_default().push(Instant::now());
-    }
-
-    fn succeeded(&self, ip: IpAddr) {
-        self.failures
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&ip);
-    }
+/// The console's sign-in lockout: [`MAX_FAILURES`] failed sign-ins from one client address,
+/// then one more per `FAILURE_WINDOW / MAX_FAILURES`; a locked-out address is refused
+/// even with the right key (it is the secret being guessed).
+pub fn sign_in_limiter() -> FailureLimiter {
+    let every = FAILURE_WINDOW / u32::try_from(MAX_FAILURES).unwrap_or(1);
+    FailureLimiter::new(u32::try_from(MAX_FAILURES).unwrap_or(1), every)
 }
 
 /// Registers the routes (each documented by its `#[utoipa::path]`).
@@ -81,31 +52,6 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(create_session)
         .service(get_session)
         .service(delete_session);
-}
-
-/// Whose sign-ins are counted together. Behind a proxy (a loopback or private peer), the
-/// client address it reports (`Forwarded` / `X-Forwarded-For`), so that one client's
-/// failures do not lock out everyone behind the same proxy; from a public peer, the peer
-/// itself, since such headers could be forged to dodge the limit.
-fn client_ip(req: &HttpRequest) -> IpAddr {
-    let Some(peer) = req.peer_addr().map(|a| a.ip()) else {
-        return IpAddr::from([0, 0, 0, 0]);
-    };
-    let behind_proxy = match peer {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.is_unique_local(),
-    };
-    if !behind_proxy {
-        return peer;
-    }
-    req.connection_info()
-        .realip_remote_addr()
-        .and_then(|raw| {
-            raw.parse::<IpAddr>()
-                .ok()
-                .or_else(|| raw.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-        })
-        .unwrap_or(peer)
 }
 
 fn random_token() -> String {
@@ -142,8 +88,8 @@ async fn create_session(
     body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let ip = client_ip(&req);
-    if let Some(retry_after) = state.sign_ins.wait_for(ip) {
+    let ip = state.client_addr(&req);
+    if let Some(retry_after) = state.sign_ins.blocked(ip) {
         return Err(ApiError::TooManyRequests {
             detail: format!(
                 "too many failed sign-ins from this address; try again in {retry_after} s"
@@ -161,20 +107,23 @@ async fn create_session(
         Ok(secret) => api_key::find_by_hash(&mut conn, &secret.hash()).await?,
         Err(_) => None,
     };
-    let Some(key) = key else {
-        state.sign_ins.failed(ip);
-        tokio::time::sleep(FAILURE_DELAY).await;
-        return Err(ApiError::Unauthorized("that is not a valid API key"));
+    let key = match key {
+        Some(key) if key.role() == Role::Admin => key,
+        other => {
+            let refusal = match other {
+                None => ApiError::Unauthorized("that is not a valid API key"),
+                Some(key) => ApiError::Forbidden(format!(
+                    "the console needs an admin key; this is a {} key",
+                    key.role()
+                )),
+            };
+            state.sign_ins.failed(ip);
+            let refusal = state.auth_failed(ip, refusal);
+            tokio::time::sleep(FAILURE_DELAY).await;
+            return Err(refusal);
+        }
     };
-    if key.role() != Role::Admin {
-        state.sign_ins.failed(ip);
-        tokio::time::sleep(FAILURE_DELAY).await;
-        return Err(ApiError::Forbidden(format!(
-            "the console needs an admin key; this is a {} key",
-            key.role()
-        )));
-    }
-    state.sign_ins.succeeded(ip);
+    state.sign_ins.forgive(ip);
     let token = random_token();
     let now = Utc::now().trunc_subsecs(6);
     let record = Session {
@@ -210,11 +159,16 @@ async fn get_session(
         .cookie(SESSION_COOKIE)
         .ok_or(ApiError::Unauthorized("not signed in"))?;
     let mut conn = state.pool.get().await?;
-    let (record, key) = session::find_live(&mut conn, &Sha256::digest(token.value().as_bytes()))
-        .await?
-        .ok_or(ApiError::Unauthorized(
-            "the console session has expired or was signed out; sign in again",
-        ))?;
+    let Some((record, key)) =
+        session::find_live(&mut conn, &Sha256::digest(token.value().as_bytes())).await?
+    else {
+        return Err(state.auth_failed(
+            state.client_addr(&req),
+            ApiError::Unauthorized(
+                "the console session has expired or was signed out; sign in again",
+            ),
+        ));
+    };
     Ok(HttpResponse::Ok().json(json!({
         "key_id": key.id,
         "key_prefix": key.key_prefix,

@@ -28,4 +28,5 @@ mod retention;
 mod sessions;
 mod sse;
 mod streams;
+mod throttle;
 mod webhooks;

@@ -3,7 +3,9 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, TestApp, assert_problem, spawn_app};
+use herald::throttle::TrustedProxies;
+
+use crate::helpers::{ADMIN_KEY, TestApp, assert_problem, spawn_app, spawn_app_with};
 
 /// Signs in; returns the cookie value, the CSRF token and the raw Set-Cookie header.
 async fn sign_in(app: &TestApp, key: &str) -> (String, String, String) {
@@ -169,9 +171,12 @@ async fn wrong_keys_are_refused_and_repeated_failures_slowed_down() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_a_proxy_one_client_failing_does_not_lock_out_the_others() {
+async fn behind_a_trusted_proxy_one_client_failing_does_not_lock_out_the_others() {
     // The test client connects from loopback, as a proxy on the same host would.
-    let app = spawn_app().await;
+    let app = spawn_app_with(|s| {
+        s.trusted_proxies = TrustedProxies::parse("127.0.0.1/32").unwrap();
+    })
+    .await;
     let attempt = |key: &str, client_ip: &str| {
         app.client
             .post(format!("{}/v1/sessions", app.address))
@@ -193,4 +198,31 @@ async fn behind_a_proxy_one_client_failing_does_not_lock_out_the_others() {
         201,
         "another client behind the proxy signs in"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_client_cannot_pick_its_address_to_dodge_the_sign_in_lockout() {
+    // No HERALD_TRUSTED_PROXIES: X-Forwarded-For and Forwarded are the client's own words.
+    let app = spawn_app().await;
+    for n in 0..5 {
+        let wrong = app
+            .client
+            .post(format!("{}/v1/sessions", app.address))
+            .header("X-Forwarded-For", format!("203.0.113.{n}"))
+            .header("Forwarded", format!("for=198.51.100.{n}"))
+            .json(&json!({"key": "hrld_definitely_not_a_key"}))
+            .send()
+            .await
+            .unwrap();
+        assert_problem(wrong, 401, "unauthorized").await;
+    }
+    let throttled = app
+        .client
+        .post(format!("{}/v1/sessions", app.address))
+        .header("X-Forwarded-For", "192.0.2.200")
+        .json(&json!({"key": ADMIN_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(throttled, 429, "too-many-requests").await;
 }
