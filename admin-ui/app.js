@@ -3,6 +3,7 @@
 
 import { api, setSession, whenSignedOut } from "/admin/api.js";
 import { h, loading, failure } from "/admin/ui.js";
+import { connectFeed } from "/admin/feed.js";
 import * as overview from "/admin/views/overview.js";
 import * as deliveries from "/admin/views/deliveries.js";
 import * as delivery from "/admin/views/delivery.js";
@@ -108,40 +109,35 @@ export function navigate(url, { replace = false } = {}) {
   render();
 }
 
-let feedRetry = null;
-
+/** Joins the browser's one live feed (feed.js): a change re-reads the page. */
 function openFeed() {
   closeFeed();
   const live = $("live");
-  let dropped = false;
-  feed = new EventSource("/v1/deliveries/changes");
-  feed.addEventListener("ready", () => {
-    live.textContent = "Live";
-    live.className = "live live-on";
-    // Whatever changed while the feed was down.
-    if (dropped) refreshView();
-    dropped = false;
-  });
-  feed.addEventListener("changed", () => refreshView());
-  feed.addEventListener("error", () => {
-    dropped = true;
-    live.textContent = "Reconnecting…";
-    live.className = "live live-off";
-    if (feed && feed.readyState === EventSource.CLOSED) {
-      // EventSource gives up on a non-200 answer (an expired session, a proxy's 502):
-      // find out which, then sign in again or retry.
-      closeFeed();
-      api("GET", "/v1/sessions/current").then(
-        () => (feedRetry = setTimeout(openFeed, 3000)),
-        (e) => (e.status === 401 ? showSignIn() : (feedRetry = setTimeout(openFeed, 3000))),
-      );
+  live.textContent = "Connecting…";
+  live.className = "live";
+  feed = connectFeed((message) => {
+    if (message.type === "live") {
+      live.textContent = "Live";
+      live.className = "live live-on";
+      // Whatever changed while the feed was down.
+      if (message.dropped) refreshView();
+    } else if (message.type === "changed") {
+      refreshView();
+    } else if (message.type === "down") {
+      live.textContent = "Reconnecting…";
+      live.className = "live live-off";
+      // Refused (an expired session, a proxy's 502): sign in again if that is why.
+      if (message.closed) {
+        api("GET", "/v1/sessions/current").catch((e) => e.status === 401 && showSignIn());
+      }
+    } else if (message.type === "signed-out") {
+      showSignIn();
     }
   });
 }
 
 function closeFeed() {
-  clearTimeout(feedRetry);
-  if (feed) feed.close();
+  if (feed) feed.leave();
   feed = null;
 }
 
@@ -193,6 +189,9 @@ $("sign-in-form").addEventListener("submit", async (event) => {
 });
 
 $("sign-out").addEventListener("click", async () => {
+  // Every console tab of this browser shares the cookie: all of them are signed out.
+  if (feed) feed.signedOut();
+  feed = null;
   try {
     await api("DELETE", "/v1/sessions/current");
   } catch {
@@ -217,5 +216,11 @@ document.addEventListener("click", (event) => {
 });
 
 window.addEventListener("popstate", () => render());
+// A page that is left gives up its share of the feed; one restored from the back/forward
+// cache takes it up again.
+window.addEventListener("pagehide", closeFeed);
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted && !$("nav").hidden) openFeed();
+});
 whenSignedOut(showSignIn);
 start();

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub publish_to_delivery: Histogram,
     /// From an event's commit to the answer of a long-poll that was waiting for it.
     pub publish_to_answer: Histogram,
+    /// Console live feeds (`GET /v1/deliveries/changes`) open now.
+    pub console_feeds: Gauge,
     sse_open: std::sync::atomic::AtomicUsize,
     sse_streams: Gauge,
     waiters: Gauge,
@@ -221,6 +223,10 @@ impl Metrics {
             publish_to_answer: histogram(
                 "herald_publish_to_answer_seconds",
                 "From an event's commit to the answer of a long-poll that was waiting for it.",
+            ),
+            console_feeds: gauge(
+                "herald_console_feeds",
+                "Console live feeds (GET /v1/deliveries/changes) open now: one per browser.",
             ),
             sse_open: std::sync::atomic::AtomicUsize::new(0),
             sse_streams: gauge("herald_sse_streams", "SSE streams open now."),

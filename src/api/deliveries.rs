@@ -496,6 +496,7 @@ async fn delivery_changes(
         end_at: tokio::time::Instant::now() + state.settings.sse_max_lifetime,
         shutdown: state.hub.shutdown_token(),
         started: false,
+        _open: OpenFeed::new(&state.metrics),
     };
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -514,6 +515,23 @@ struct ChangeFeed {
     end_at: tokio::time::Instant,
     shutdown: tokio_util::sync::CancellationToken,
     started: bool,
+    _open: OpenFeed,
+}
+
+/// Counts an open feed in `herald_console_feeds` for as long as it lives.
+struct OpenFeed(std::sync::Arc<crate::metrics::Metrics>);
+
+impl OpenFeed {
+    fn new(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        metrics.console_feeds.increment(1.0);
+        Self(std::sync::Arc::clone(metrics))
+    }
+}
+
+impl Drop for OpenFeed {
+    fn drop(&mut self) {
+        self.0.console_feeds.decrement(1.0);
+    }
 }
 
 impl ChangeFeed {

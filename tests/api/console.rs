@@ -25,6 +25,8 @@ async fn console_app() -> TestApp {
         // No retries: a failure is final at once, so tests see "failed" quickly.
         s.retry_schedule = RetrySchedule::parse("").unwrap();
         s.delivery_timeout = Duration::from_secs(5);
+        // Herald notices a closed live feed at its next write.
+        s.sse_heartbeat = Duration::from_millis(500);
     })
     .await
 }
@@ -560,5 +562,115 @@ async fn a_browser_event_source_gets_payloads_with_line_breaks_whole() {
         let expected: Value = serde_json::from_str(payload).unwrap();
         assert_eq!(event["payload"], expected);
     }
+    browser.close().await;
+}
+
+/// How long a page load may take: the issue's bar, with six feeds held it was ~30 s.
+const PAGE_LOAD: Duration = Duration::from_secs(2);
+
+/// Opens a console page and waits until its view is drawn and the feed is live; returns
+/// how long that took.
+async fn timed_load(browser: &Browser, path: &str) -> Duration {
+    let started = std::time::Instant::now();
+    browser.goto(path).await;
+    browser
+        .wait_until(
+            &format!("{path} drawn, with a live feed"),
+            "!document.getElementById('view').hidden && document.querySelector('#view h1') \
+             && document.getElementById('live').textContent === 'Live'",
+        )
+        .await;
+    started.elapsed()
+}
+
+const PAGES: [&str; 3] = ["/admin/", "/admin/deliveries", "/admin/endpoints"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_page_loads_in_one_tab_each_finish_quickly_and_leaving_closes_the_feed() {
+    let app = console_app().await;
+    let browser = Browser::start(&app.address).await;
+    sign_in(&browser).await;
+    for n in 0..12 {
+        let path = PAGES[n % PAGES.len()];
+        let took = timed_load(&browser, path).await;
+        assert!(took < PAGE_LOAD, "load {} ({path}) took {took:?}", n + 1);
+    }
+    app.wait_for_metric("herald_console_feeds", 1).await;
+    // Leaving the console closes its feed.
+    browser.goto("/v1/openapi.json").await;
+    app.wait_for_metric("herald_console_feeds", 0).await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eight_tabs_share_one_live_feed_and_every_tab_hears_of_changes() {
+    let app = console_app().await;
+    let receiver = Receiver::start().await;
+    let endpoint = app
+        .post("/v1/endpoints", &json!({"url": receiver.url}))
+        .await;
+    assert_eq!(endpoint.status(), 201);
+    let browser = Browser::start(&app.address).await;
+    sign_in(&browser).await;
+    let mut tabs = vec![browser.client.window().await.unwrap()];
+    assert!(timed_load(&browser, "/admin/deliveries").await < PAGE_LOAD);
+    for n in 1..8 {
+        let tab = browser.client.new_window(true).await.unwrap().handle;
+        browser.client.switch_to_window(tab.clone()).await.unwrap();
+        tabs.push(tab);
+        let took = timed_load(&browser, "/admin/deliveries").await;
+        assert!(took < PAGE_LOAD, "tab {} took {took:?}", n + 1);
+    }
+    app.wait_for_metric("herald_console_feeds", 1).await;
+
+    // One change, heard by every tab through the one feed: each redraws its list.
+    app.publish("orders", "order.created", json!({"n": 1}))
+        .await;
+    for (n, tab) in tabs.iter().enumerate() {
+        browser.client.switch_to_window(tab.clone()).await.unwrap();
+        browser
+            .wait_until(
+                &format!("the new delivery in tab {}", n + 1),
+                "document.querySelector('#view tbody tr[data-status]')",
+            )
+            .await;
+    }
+    assert_eq!(app.metric("herald_console_feeds").await, 1);
+
+    // Tabs come and go; the feed stays one until the last console page is left.
+    for tab in &tabs[1..] {
+        browser.client.switch_to_window(tab.clone()).await.unwrap();
+        browser.client.close_window().await.unwrap();
+    }
+    browser
+        .client
+        .switch_to_window(tabs[0].clone())
+        .await
+        .unwrap();
+    assert!(timed_load(&browser, "/admin/endpoints").await < PAGE_LOAD);
+    let second = browser.client.new_window(true).await.unwrap().handle;
+    browser
+        .client
+        .switch_to_window(second.clone())
+        .await
+        .unwrap();
+    assert!(timed_load(&browser, "/admin/").await < PAGE_LOAD);
+    app.wait_for_metric("herald_console_feeds", 1).await;
+
+    // Signing out in one tab signs out the others (they share the cookie) and ends the feed.
+    browser
+        .client
+        .switch_to_window(tabs[0].clone())
+        .await
+        .unwrap();
+    browser.click("#sign-out").await;
+    browser.client.switch_to_window(second).await.unwrap();
+    browser
+        .wait_until(
+            "the other tab's sign-in form",
+            "!document.getElementById('sign-in-view').hidden && document.getElementById('nav').hidden",
+        )
+        .await;
+    app.wait_for_metric("herald_console_feeds", 0).await;
     browser.close().await;
 }
