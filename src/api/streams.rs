@@ -293,11 +293,20 @@ async fn list_stream_events(
         inc(&state.metrics.longpolls_rejected);
         unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
     })?;
-    let events = fetch_page(&state.pool, stream.as_str(), after, limit).await?;
+    // A stream others already wait on is known to the hub: a reader at (or near) its end
+    // is answered or held without a read of its own.
+    let known = subscription.peek(after, usize::try_from(limit).unwrap_or(100));
+    let read_own = known.is_none();
+    let events = match known {
+        Some(events) => events,
+        None => fetch_page(&state.pool, stream.as_str(), after, limit).await?,
+    };
     if !events.is_empty() {
         return Ok(page(&events, after, &poll));
     }
-    subscription.caught_up(after);
+    if read_own {
+        subscription.caught_up(after);
+    }
 
     // Nothing yet: answer with the status line and headers now and send the body when
     // there is something to say. The request itself (and actix-web's per-request state,

@@ -44,6 +44,14 @@ pub struct LongpollOptions {
     /// Herald's pid, for its RSS (default: the one `herald serve` on this machine).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Events published to the first stream before anything else (its history).
+    #[arg(long, default_value_t = 0)]
+    pub history: usize,
+    /// During the latency phase, a client also loops `after=0&limit=1&wait=1` on the first
+    /// stream, as one catching up from the beginning (or a buggy one) does: it must not slow
+    /// the other waiters down nor make the hub re-read history.
+    #[arg(long)]
+    pub catch_up_reader: bool,
 }
 
 fn now_us() -> u64 {
@@ -176,6 +184,35 @@ async fn publish(client: &reqwest::Client, base: &str, key: &str, stream: &str) 
         .is_ok_and(|r| r.status().is_success())
 }
 
+/// Publishes `count` events to `stream` in batches of 1,000.
+async fn publish_history(
+    client: &reqwest::Client,
+    base: &str,
+    key: &str,
+    stream: &str,
+    count: usize,
+) -> anyhow::Result<()> {
+    println!("publishing {count} events of history to {stream}...");
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(1_000);
+        let events: Vec<Value> = (0..n)
+            .map(|_| json!({"stream": stream, "type": "bench.history", "payload": {}}))
+            .collect();
+        let response = client
+            .post(format!("{base}/v1/events/batch"))
+            .bearer_auth(key)
+            .json(&json!({ "events": events }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            bail!("publishing history: {}", response.status());
+        }
+        left -= n;
+    }
+    Ok(())
+}
+
 fn report_rss(pid: Option<u32>, label: &str) {
     match pid.and_then(super::memory) {
         Some(rss) => println!("herald RSS {label}: {rss}"),
@@ -195,6 +232,9 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
     let run_id: u32 = rand::rng().random();
     let stream_name = |i: usize| format!("lp-{run_id:08x}:{i}");
     report_rss(pid, "before");
+    if options.history > 0 {
+        publish_history(&client, &base, &key, &stream_name(0), options.history).await?;
+    }
 
     // 1. Hold.
     println!(
@@ -243,6 +283,22 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
         options.duration.as_secs_f64()
     );
     measuring.store(true, Ordering::Relaxed);
+    let reads_before = metric(&client, &base, "herald_hub_reads_total").await;
+    let catch_up = options.catch_up_reader.then(|| {
+        let url = format!(
+            "{base}/v1/streams/{}/events?after=0&limit=1&wait=1",
+            stream_name(0)
+        );
+        let (client, key, stop) = (client.clone(), key.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut reads = 0_u64;
+            while !stop.is_cancelled() {
+                let ok = client.get(&url).bearer_auth(&*key).send().await;
+                reads += u64::from(ok.is_ok_and(|r| r.status().is_success()));
+            }
+            reads
+        })
+    });
     let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(options.rate)));
     let deadline = Instant::now() + options.duration;
     let mut publishes = Vec::new();
@@ -260,8 +316,22 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     measuring.store(false, Ordering::Relaxed);
+    let reads_after = metric(&client, &base, "herald_hub_reads_total").await;
     report_rss(pid, "after the latency phase");
     stop.cancel();
+    if let Some(catch_up) = catch_up {
+        println!(
+            "catch-up reader: {} reads of history from after=0 during the phase",
+            catch_up.await?
+        );
+    }
+    if let (Some(before), Some(after)) = (reads_before, reads_after) {
+        println!(
+            "hub reads during the phase: {} ({:.2} per published event)",
+            after - before,
+            (after - before) as f64 / published.max(1) as f64
+        );
+    }
     let mut latencies = Vec::new();
     let mut errors = 0;
     let mut first_error = None;

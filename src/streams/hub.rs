@@ -64,6 +64,10 @@ impl EventJson {
 struct SlotState {
     /// The highest seq this slot has read (or the cursor its first waiter held).
     known: i64,
+    /// Whether `known` is a seq this slot read from the database (not a client's cursor):
+    /// then, with every commit since hinted to the slot, what it holds is the stream's
+    /// end as far as this instance can know, and a new reader needs no read of its own.
+    verified: bool,
     /// The most recent events read, oldest first.
     recent: VecDeque<Arc<EventJson>>,
 }
@@ -175,6 +179,7 @@ impl Hub {
                         name: stream.to_owned(),
                         state: Mutex::new(SlotState {
                             known: after,
+                            verified: false,
                             recent: VecDeque::new(),
                         }),
                         changed: watch::channel(after).0,
@@ -228,10 +233,16 @@ impl Hub {
         tokio::time::sleep(BATCH_DELAY).await;
         loop {
             slot.dirty.store(false, Ordering::Release);
-            let from = slot.state().known;
-            match self.read(&slot.name, from).await {
+            let (from, verified) = {
+                let state = slot.state();
+                (state.known, state.verified)
+            };
+            // A slot that has not read its stream yet starts from its first waiter's
+            // cursor, which may be far behind (a reader catching up): it reads only the
+            // stream's tail, once; readers behind that read their own pages.
+            match self.read(&slot.name, from, !verified).await {
                 Ok(events) => {
-                    let full = events.len() as i64 == FETCH_LIMIT;
+                    let full = verified && events.len() as i64 == FETCH_LIMIT;
                     self.publish(&slot, from, events);
                     if full {
                         continue;
@@ -256,10 +267,19 @@ impl Hub {
         }
     }
 
-    async fn read(&self, stream: &str, after: i64) -> Result<Vec<Event>, crate::error::ApiError> {
+    async fn read(
+        &self,
+        stream: &str,
+        after: i64,
+        tail: bool,
+    ) -> Result<Vec<Event>, crate::error::ApiError> {
         let mut conn = self.pool.get().await?;
         inc(&self.metrics.hub_reads);
-        Ok(event::list_after(&mut conn, stream, after, FETCH_LIMIT).await?)
+        Ok(if tail {
+            event::list_latest_after(&mut conn, stream, after, FETCH_LIMIT).await?
+        } else {
+            event::list_after(&mut conn, stream, after, FETCH_LIMIT).await?
+        })
     }
 
     fn publish(&self, slot: &Slot, from: i64, events: Vec<Event>) {
@@ -272,6 +292,12 @@ impl Hub {
                 // The cursor was lowered while we read; the next round reads from there.
                 slot.dirty.store(true, Ordering::Release);
                 return;
+            }
+            state.verified = true;
+            if events.first().is_some_and(|e| e.seq != from + 1) {
+                // Not contiguous with what the slot holds (a tail read): the history
+                // starts again here, so that `take` never skips the events between.
+                state.recent.clear();
             }
             for event in events {
                 state.known = event.seq;
@@ -309,14 +335,33 @@ impl Subscription {
     /// Says that this subscriber's own read found nothing after `after`: the stream ends at
     /// or below it. The slot only moves forward, except here: a slot created from a cursor
     /// beyond the stream's end (a client's made-up cursor) must come down to where the
-    /// stream really ends, or it would skip the events between. A reader that is merely
+    /// stream really ends, or it would skip the events between. Only a slot that has not
+    /// read the stream yet is lowered. A reader that is merely
     /// behind (its read found events) never gets here, so catching up from an old cursor
     /// never makes the slot re-read history for the stream's other waiters.
     pub fn caught_up(&self, after: i64) {
         let mut state = self.slot.state();
-        if after < state.known {
+        // A slot that has read the stream knows better: its `known` was committed, maybe
+        // after this subscriber's read, and lowering it would drop those events from the
+        // slot and leave its waiters asleep.
+        if !state.verified && after < state.known {
             state.known = after;
             state.recent.retain(|e| e.seq <= after);
+        }
+    }
+
+    /// What a new reader at `after` would read, if the slot already knows: `Some(events)`
+    /// (empty: nothing yet, hold) when the slot has read the stream and its history covers
+    /// the cursor; `None` when the reader must read the database itself. Subscribing
+    /// first means a commit that this answer misses still wakes the reader.
+    pub fn peek(&self, after: i64, limit: usize) -> Option<Vec<Arc<EventJson>>> {
+        if !self.slot.state().verified {
+            return None;
+        }
+        match self.take(after, limit) {
+            Taken::Events(events) => Some(events),
+            Taken::Nothing => Some(Vec::new()),
+            Taken::Gap => None,
         }
     }
 

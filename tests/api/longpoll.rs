@@ -468,15 +468,11 @@ async fn waits_take_the_units_the_document_offers() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reader_catching_up_from_an_old_cursor_does_not_make_the_hub_reread_history() {
-    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
-    app.wait_for_metric("herald_listener_connects_total", 1)
-        .await;
-    // 5,000 events of history.
-    for chunk in 0..5 {
+/// Publishes `thousands` x 1,000 events to `stream`.
+async fn publish_history(app: &TestApp, stream: &str, thousands: usize) {
+    for chunk in 0..thousands {
         let events: Vec<Value> = (0..1000)
-            .map(|i| json!({"stream": "history", "type": "t", "payload": chunk * 1000 + i}))
+            .map(|i| json!({"stream": stream, "type": "t", "payload": chunk * 1000 + i}))
             .collect();
         assert_eq!(
             app.post("/v1/events/batch", &json!({"events": events}))
@@ -485,6 +481,41 @@ async fn a_reader_catching_up_from_an_old_cursor_does_not_make_the_hub_reread_hi
             201
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_first_watched_from_an_old_cursor_is_read_from_its_tail_once() {
+    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    app.wait_for_metric("herald_listener_connects_total", 1)
+        .await;
+    publish_history(&app, "tail", 3).await;
+    // The stream's first watcher is an SSE reader catching up from the beginning: the
+    // stream's slot starts at its cursor, 0.
+    let catching_up = app
+        .request(Method::GET, "/v1/streams/tail/sse?after=0", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(catching_up.status(), 200);
+    app.wait_for_metric("herald_waiters", 1).await;
+    let at_end = hold(&app, "/v1/streams/tail/events?after=3000&wait=30");
+    app.wait_for_metric("herald_waiters", 2).await;
+    let reads_before = app.metric("herald_hub_reads_total").await;
+    let event = app.publish("tail", "t", json!("new")).await;
+    let (status, body, _, _) = at_end.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["events"], json!([event]));
+    // One read of the stream's tail, not three pages of history from 0.
+    assert_eq!(app.metric("herald_hub_reads_total").await - reads_before, 1);
+    drop(catching_up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_catching_up_from_an_old_cursor_does_not_make_the_hub_reread_history() {
+    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    app.wait_for_metric("herald_listener_connects_total", 1)
+        .await;
+    publish_history(&app, "history", 5).await;
     // Ten waiters at the head.
     let polls: Vec<_> = (0..10)
         .map(|_| hold(&app, "/v1/streams/history/events?after=5000&wait=30"))

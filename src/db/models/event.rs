@@ -352,6 +352,26 @@ pub async fn find_many(conn: &mut AsyncPgConnection, ids: &[Uuid]) -> QueryResul
 }
 
 /// Up to `limit` events of `stream` with `seq > after`, in seq order.
+/// The newest `limit` events of `stream` after `after`, oldest first: one read however long
+/// the stream's history is.
+pub async fn list_latest_after(
+    conn: &mut AsyncPgConnection,
+    stream: &str,
+    after: i64,
+    limit: i64,
+) -> QueryResult<Vec<Event>> {
+    let mut events: Vec<Event> = events::table
+        .filter(events::stream.eq(stream))
+        .filter(events::seq.gt(after))
+        .order(events::seq.desc())
+        .limit(limit)
+        .select(Event::as_select())
+        .load(conn)
+        .await?;
+    events.reverse();
+    Ok(events)
+}
+
 pub async fn list_after(
     conn: &mut AsyncPgConnection,
     stream: &str,
