@@ -1,22 +1,29 @@
 //! `herald bench ...`: load generators that report throughput, latency, memory and CPU.
 //! `ingest` and `longpoll` drive a running Herald over HTTP; `webhooks` starts its own
-//! Herald processes (one phase needs two in turn). They are tools, not tests: run them on a
+//! Herald processes (one phase needs two in turn); `fill` writes history into a database; `views` times the operator's calls. They are tools, not tests: run them on a
 //! release build and record the figures with the exact command in `docs/benchmarks.md`.
 
+mod fill;
 mod ingest;
 mod longpoll;
+mod views;
 mod webhooks;
 
 use anyhow::Context as _;
 use clap::Subcommand;
 
+pub use fill::FillOptions;
 pub use ingest::IngestOptions;
 pub use longpoll::LongpollOptions;
+pub use views::ViewsOptions;
 pub use webhooks::WebhooksOptions;
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Fill a database with history (events, deliveries, attempts) through SQL, for
+    /// measuring the operator views as tables grow.
+    Fill(FillOptions),
     /// Publish events as fast as N concurrent clients can, singly or in batches.
     Ingest(IngestOptions),
     /// Hold N long-polls over M streams; measure RSS, publish-to-answer latency and fan-out.
@@ -25,14 +32,19 @@ pub enum BenchCommand {
     /// the drain of a backlog queued by another process, latency at a steady rate, and
     /// PostgreSQL CPU; starts its own Herald processes and receiver.
     Webhooks(WebhooksOptions),
+    /// Time the operator's calls (console pages, delivery filters, replay preview,
+    /// endpoints, /metrics) against a running Herald: p50, p99 and max per call.
+    Views(ViewsOptions),
 }
 
 /// Runs a benchmark.
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
+        BenchCommand::Fill(options) => fill::run(options).await,
         BenchCommand::Ingest(options) => ingest::run(options).await,
         BenchCommand::Longpoll(options) => longpoll::run(options).await,
         BenchCommand::Webhooks(options) => webhooks::run(options).await,
+        BenchCommand::Views(options) => views::run(options).await,
     }
 }
 

@@ -15,6 +15,7 @@ mod embedded;
 mod endpoints;
 mod events;
 mod faults;
+mod fill;
 mod health;
 mod helpers;
 mod hostile;
