@@ -1,4 +1,5 @@
-//! `/v1/deliveries`: the webhook log, and replays (admin only).
+//! `/v1/deliveries`: the webhook log, and replaying deliveries (admin only). A bulk
+//! replay's progress is in `replays`, the change feed in `changes`.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web::{get, post};
@@ -24,11 +25,9 @@ const STATUSES: [&str; 4] = ["pending", "delivering", "succeeded", "failed"];
 /// Registers the routes (each documented by its `#[utoipa::path]`).
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(list_deliveries)
-        .service(delivery_changes)
         .service(replay_deliveries)
         .service(get_delivery)
-        .service(replay_delivery)
-        .service(get_replay);
+        .service(replay_delivery);
 }
 
 /// A delivery as the API shows it.
@@ -402,160 +401,7 @@ async fn replay_deliveries(
         .json(serde_json::json!({"replayed": replayed, "replay_id": replay_id})))
 }
 
-/// A bulk replay or recover and its progress.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-struct ReplayDto {
-    id: Uuid,
-    kind: String,
-    criteria: Value,
-    requested_by: Uuid,
-    created_at: DateTime<Utc>,
-    total: i64,
-    /// Its deliveries by status now (a delivery replayed again later counts there).
-    pending: i64,
-    delivering: i64,
-    succeeded: i64,
-    failed: i64,
-    /// Whether none of its deliveries is waiting or in flight.
-    done: bool,
-}
-
-#[utoipa::path(
-    tag = "deliveries",
-    summary = "A bulk replay or recover, with progress",
-    params(("id" = uuid::Uuid, Path, description = "Replay id")),
-    responses((status = 200, description = "Progress by status", body = ReplayDto), super::openapi::AuthErrors, (status = 404, description = "No such replay", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
-)]
-#[get("/replays/{id}")]
-async fn get_replay(
-    path: web::Path<String>,
-    principal: Principal,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let id = super::parse_id("replay", &path)?;
-    let mut conn = state.pool.get().await?;
-    let (replay, counts) = delivery::find_replay(&mut conn, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no replay with id {id}")))?;
-    let count = |status: &str| {
-        counts
-            .iter()
-            .find(|(s, _)| s == status)
-            .map_or(0, |(_, n)| *n)
-    };
-    let (pending, delivering) = (count("pending"), count("delivering"));
-    Ok(HttpResponse::Ok().json(ReplayDto {
-        id: replay.id,
-        kind: replay.kind,
-        criteria: replay.criteria,
-        requested_by: replay.requested_by,
-        created_at: replay.created_at,
-        total: replay.total,
-        pending,
-        delivering,
-        succeeded: count("succeeded"),
-        failed: count("failed"),
-        done: pending == 0 && delivering == 0,
-    }))
-}
-
 /// Parses an RFC 3339 time for `field`.
 pub fn parse_rfc3339(field: &str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
     parse_time(field, raw)
-}
-
-/// Changes are announced at most this often, so a busy queue costs feed clients (and the
-/// reads they make on each change) a bounded rate.
-const CHANGES_THROTTLE: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// `GET /v1/deliveries/changes`: Server-Sent Events saying that deliveries changed, so a
-/// client (the console) re-reads the list or detail it shows instead of polling.
-///
-/// It sends `event: ready` at once, then `event: changed` (data: a counter) whenever
-/// deliveries were created, replayed or had attempts recorded on any instance, at most every
-/// 250 ms; comments as heartbeats; and ends after `HERALD_SSE_MAX_LIFETIME` or at shutdown
-/// (EventSource reconnects by itself). It carries no delivery data: the reader asks the
-/// list API for exactly the filter it shows.
-#[utoipa::path(
-    tag = "deliveries",
-    summary = "SSE: says when deliveries changed (event: ready, then event: changed)",
-    responses((status = 200, description = "text/event-stream", body = String, content_type = "text/event-stream"), super::openapi::AuthErrors),
-)]
-#[get("/deliveries/changes")]
-async fn delivery_changes(
-    principal: Principal,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let mut heartbeat = tokio::time::interval(state.settings.sse_heartbeat);
-    heartbeat.reset();
-    let feed = ChangeFeed {
-        changes: state.notifier.watch_deliveries(),
-        heartbeat,
-        end_at: tokio::time::Instant::now() + state.settings.sse_max_lifetime,
-        shutdown: state.hub.shutdown_token(),
-        started: false,
-        _open: OpenFeed::new(&state.metrics),
-    };
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(futures_util::stream::unfold(feed, |mut feed| async move {
-            feed.next_chunk()
-                .await
-                .map(|chunk| (Ok::<_, ApiError>(chunk), feed))
-        })))
-}
-
-struct ChangeFeed {
-    changes: tokio::sync::watch::Receiver<u64>,
-    heartbeat: tokio::time::Interval,
-    end_at: tokio::time::Instant,
-    shutdown: tokio_util::sync::CancellationToken,
-    started: bool,
-    _open: OpenFeed,
-}
-
-/// Counts an open feed in `herald_console_feeds` for as long as it lives.
-struct OpenFeed(std::sync::Arc<crate::metrics::Metrics>);
-
-impl OpenFeed {
-    fn new(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> Self {
-        metrics.console_feeds.increment(1.0);
-        Self(std::sync::Arc::clone(metrics))
-    }
-}
-
-impl Drop for OpenFeed {
-    fn drop(&mut self) {
-        self.0.console_feeds.decrement(1.0);
-    }
-}
-
-impl ChangeFeed {
-    async fn next_chunk(&mut self) -> Option<actix_web::web::Bytes> {
-        use actix_web::web::Bytes;
-        if !self.started {
-            self.started = true;
-            self.changes.mark_unchanged();
-            return Some(Bytes::from_static(
-                b"retry: 1000\n\nevent: ready\ndata: {}\n\n",
-            ));
-        }
-        tokio::select! {
-            () = self.shutdown.cancelled() => None,
-            () = tokio::time::sleep_until(self.end_at) => None,
-            _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
-            changed = self.changes.changed() => {
-                changed.ok()?;
-                // Gather what happens next into this one announcement.
-                tokio::time::sleep(CHANGES_THROTTLE).await;
-                let version = *self.changes.borrow_and_update();
-                self.heartbeat.reset();
-                Some(Bytes::from(format!("event: changed\ndata: {version}\n\n")))
-            }
-        }
-    }
 }

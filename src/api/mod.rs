@@ -2,6 +2,7 @@
 
 pub mod admin_ui;
 mod body;
+pub mod changes;
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
@@ -11,6 +12,7 @@ pub mod keys;
 pub mod metrics;
 pub mod openapi;
 pub mod overview;
+pub mod replays;
 pub mod sessions;
 mod sse;
 pub mod streams;
@@ -30,7 +32,9 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
             utoipa_actix_web::scope("/v1")
                 .configure(events::routes)
                 .configure(endpoints::routes)
+                .configure(changes::routes)
                 .configure(deliveries::routes)
+                .configure(replays::routes)
                 .configure(sessions::routes)
                 .configure(overview::routes)
                 .configure(streams::routes)

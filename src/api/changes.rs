@@ -1,0 +1,109 @@
+//! `/v1/deliveries/changes`: the console's live feed (Server-Sent Events, admin only).
+
+use actix_web::get;
+use actix_web::{HttpResponse, web};
+
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Registers the routes (each documented by its `#[utoipa::path]`). Before
+/// `deliveries::routes`, whose `/deliveries/{id}` would take `changes` for an id.
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(delivery_changes);
+}
+
+/// Changes are announced at most this often, so a busy queue costs feed clients (and the
+/// reads they make on each change) a bounded rate.
+const CHANGES_THROTTLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `GET /v1/deliveries/changes`: Server-Sent Events saying that deliveries changed, so a
+/// client (the console) re-reads the list or detail it shows instead of polling.
+///
+/// It sends `event: ready` at once, then `event: changed` (data: a counter) whenever
+/// deliveries were created, replayed or had attempts recorded on any instance, at most every
+/// 250 ms; comments as heartbeats; and ends after `HERALD_SSE_MAX_LIFETIME` or at shutdown
+/// (EventSource reconnects by itself). It carries no delivery data: the reader asks the
+/// list API for exactly the filter it shows.
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "SSE: says when deliveries changed (event: ready, then event: changed)",
+    responses((status = 200, description = "text/event-stream", body = String, content_type = "text/event-stream"), super::openapi::AuthErrors),
+)]
+#[get("/deliveries/changes")]
+async fn delivery_changes(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let mut heartbeat = tokio::time::interval(state.settings.sse_heartbeat);
+    heartbeat.reset();
+    let feed = ChangeFeed {
+        changes: state.notifier.watch_deliveries(),
+        heartbeat,
+        end_at: tokio::time::Instant::now() + state.settings.sse_max_lifetime,
+        shutdown: state.hub.shutdown_token(),
+        started: false,
+        _open: OpenFeed::new(&state.metrics),
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(futures_util::stream::unfold(feed, |mut feed| async move {
+            feed.next_chunk()
+                .await
+                .map(|chunk| (Ok::<_, ApiError>(chunk), feed))
+        })))
+}
+
+struct ChangeFeed {
+    changes: tokio::sync::watch::Receiver<u64>,
+    heartbeat: tokio::time::Interval,
+    end_at: tokio::time::Instant,
+    shutdown: tokio_util::sync::CancellationToken,
+    started: bool,
+    _open: OpenFeed,
+}
+
+/// Counts an open feed in `herald_console_feeds` for as long as it lives.
+struct OpenFeed(std::sync::Arc<crate::metrics::Metrics>);
+
+impl OpenFeed {
+    fn new(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        metrics.console_feeds.increment(1.0);
+        Self(std::sync::Arc::clone(metrics))
+    }
+}
+
+impl Drop for OpenFeed {
+    fn drop(&mut self) {
+        self.0.console_feeds.decrement(1.0);
+    }
+}
+
+impl ChangeFeed {
+    async fn next_chunk(&mut self) -> Option<actix_web::web::Bytes> {
+        use actix_web::web::Bytes;
+        if !self.started {
+            self.started = true;
+            self.changes.mark_unchanged();
+            return Some(Bytes::from_static(
+                b"retry: 1000\n\nevent: ready\ndata: {}\n\n",
+            ));
+        }
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            () = tokio::time::sleep_until(self.end_at) => None,
+            _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
+            changed = self.changes.changed() => {
+                changed.ok()?;
+                // Gather what happens next into this one announcement.
+                tokio::time::sleep(CHANGES_THROTTLE).await;
+                let version = *self.changes.borrow_and_update();
+                self.heartbeat.reset();
+                Some(Bytes::from(format!("event: changed\ndata: {version}\n\n")))
+            }
+        }
+    }
+}

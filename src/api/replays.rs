@@ -1,0 +1,76 @@
+//! `/v1/replays/{id}`: a bulk replay's or recover's progress (admin only).
+
+use actix_web::get;
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::Principal;
+use crate::db::models::delivery;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(get_replay);
+}
+
+/// A bulk replay or recover and its progress.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReplayDto {
+    id: Uuid,
+    kind: String,
+    criteria: Value,
+    requested_by: Uuid,
+    created_at: DateTime<Utc>,
+    total: i64,
+    /// Its deliveries by status now (a delivery replayed again later counts there).
+    pending: i64,
+    delivering: i64,
+    succeeded: i64,
+    failed: i64,
+    /// Whether none of its deliveries is waiting or in flight.
+    done: bool,
+}
+
+#[utoipa::path(
+    tag = "deliveries",
+    summary = "A bulk replay or recover, with progress",
+    params(("id" = uuid::Uuid, Path, description = "Replay id")),
+    responses((status = 200, description = "Progress by status", body = ReplayDto), super::openapi::AuthErrors, (status = 404, description = "No such replay", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+)]
+#[get("/replays/{id}")]
+async fn get_replay(
+    path: web::Path<String>,
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_admin()?;
+    let id = super::parse_id("replay", &path)?;
+    let mut conn = state.pool.get().await?;
+    let (replay, counts) = delivery::find_replay(&mut conn, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no replay with id {id}")))?;
+    let count = |status: &str| {
+        counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n)
+    };
+    let (pending, delivering) = (count("pending"), count("delivering"));
+    Ok(HttpResponse::Ok().json(ReplayDto {
+        id: replay.id,
+        kind: replay.kind,
+        criteria: replay.criteria,
+        requested_by: replay.requested_by,
+        created_at: replay.created_at,
+        total: replay.total,
+        pending,
+        delivering,
+        succeeded: count("succeeded"),
+        failed: count("failed"),
+        done: pending == 0 && delivering == 0,
+    }))
+}
