@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use super::limits::{EndpointState, rooms};
 use super::queue::{LocalQueue, Ready};
 use super::recorder::Message;
 use super::sender::Sender;
@@ -60,8 +61,6 @@ const CLAIM_BATCH: usize = 256;
 /// How much work, by its recent attempt times, the worker holds per endpoint beyond what
 /// is in flight. Well inside the lease's margin over the request timeout (at least 5 s).
 pub const HOLD_AHEAD: Duration = Duration::from_secs(2);
-/// Most deliveries held per endpoint, whatever its speed.
-const MAX_HOLD: usize = 4096;
 
 /// The stream Herald's own operational events go to.
 pub const OPS_STREAM: &str = "herald:ops";
@@ -81,102 +80,6 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// An endpoint with no success for this long is disabled.
     pub disable_after: Duration,
-}
-
-/// A per-endpoint token bucket for `rate_limit`.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    refilled: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64) -> Self {
-        Self {
-            tokens: rate.max(1.0),
-            rate,
-            refilled: Instant::now(),
-        }
-    }
-
-    fn refill(&mut self) {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * self.rate)
-            .min(self.rate.max(1.0));
-        self.refilled = now;
-    }
-}
-
-/// What the worker knows of an endpoint it has attempted.
-#[derive(Debug, Clone)]
-struct EndpointState {
-    in_flight: usize,
-    max_in_flight: usize,
-    bucket: Option<Bucket>,
-    /// Recent attempt time (exponentially weighted), once there is one.
-    recent: Option<Duration>,
-}
-
-impl EndpointState {
-    fn new(claimed: &Claimed) -> Self {
-        let mut state = Self {
-            in_flight: 0,
-            max_in_flight: 1,
-            bucket: None,
-            recent: None,
-        };
-        state.update(claimed);
-        state
-    }
-
-    /// Takes the limits the latest claim read.
-    fn update(&mut self, claimed: &Claimed) {
-        self.max_in_flight = usize::try_from(claimed.max_in_flight.max(1)).unwrap_or(1);
-        match (claimed.rate_limit, &mut self.bucket) {
-            (None, _) => self.bucket = None,
-            (Some(rate), Some(bucket)) => bucket.rate = f64::from(rate),
-            (Some(rate), None) => self.bucket = Some(Bucket::new(f64::from(rate))),
-        }
-    }
-
-    /// Whether one more may start now (taking a rate token if so).
-    fn try_start(&mut self) -> bool {
-        if self.in_flight >= self.max_in_flight {
-            return false;
-        }
-        if let Some(bucket) = &mut self.bucket {
-            bucket.refill();
-            if bucket.tokens < 1.0 {
-                return false;
-            }
-            bucket.tokens -= 1.0;
-        }
-        self.in_flight += 1;
-        true
-    }
-
-    /// How many of its deliveries the worker should hold (in flight and waiting):
-    /// `max_in_flight`, plus [`HOLD_AHEAD`] of work at its recent speed; for a
-    /// rate-limited endpoint no more than a second of its rate.
-    fn hold(&self) -> usize {
-        let ahead = self.recent.map_or(0.0, |recent| {
-            HOLD_AHEAD.as_secs_f64() / recent.as_secs_f64().max(1e-4) * self.max_in_flight as f64
-        });
-        let hold = (self.max_in_flight as f64 + ahead).min(MAX_HOLD as f64) as usize;
-        match self.bucket {
-            Some(bucket) => hold.min(bucket.rate.ceil().max(1.0) as usize),
-            None => hold,
-        }
-    }
-
-    fn finished(&mut self, took: Duration) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        self.recent = Some(match self.recent {
-            Some(recent) => recent.mul_f64(0.8) + took.mul_f64(0.2),
-            None => took,
-        });
-    }
 }
 
 /// The worker's configuration and shared parts.
@@ -556,23 +459,4 @@ impl Worker {
             tracing::warn!(error = %err, "could not publish operational events");
         }
     }
-}
-
-/// Per endpoint the worker knows, how many more of its deliveries it should take on: what
-/// it should hold ([`EndpointState::hold`]) less what is in flight and waiting in `items`.
-fn rooms(
-    items: &std::collections::VecDeque<Ready>,
-    endpoints: &HashMap<Uuid, EndpointState>,
-) -> Vec<(Uuid, usize)> {
-    let mut waiting: HashMap<Uuid, usize> = HashMap::new();
-    for ready in items {
-        *waiting.entry(ready.claimed.endpoint_id).or_default() += 1;
-    }
-    endpoints
-        .iter()
-        .map(|(id, state)| {
-            let held = state.in_flight + waiting.get(id).copied().unwrap_or(0);
-            (*id, state.hold().saturating_sub(held))
-        })
-        .collect()
 }
