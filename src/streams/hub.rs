@@ -347,6 +347,10 @@ impl Subscription {
         if !state.verified && after < state.known {
             state.known = after;
             state.recent.retain(|e| e.seq <= after);
+            drop(state);
+            // A commit between this subscriber's read and now was hinted while the slot
+            // still stood at the made-up cursor, and ignored as old news: look again.
+            self.hub.schedule_fetch(self.slot.clone());
         }
     }
 
