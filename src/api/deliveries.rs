@@ -13,7 +13,9 @@ use uuid::Uuid;
 use super::body::read_json;
 use super::fields::Fields;
 use crate::auth::Principal;
-use crate::db::models::delivery::{self, Attempt, Delivery, DeliveryFilter, Replay};
+use crate::db::models::attempt::{self, Attempt};
+use crate::db::models::delivery::{self, Delivery, DeliveryFilter};
+use crate::db::models::replay::{self, Replay};
 use crate::domain::{EventType, StreamName};
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -271,7 +273,7 @@ async fn get_delivery(
     let found = delivery::find(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no delivery with id {id}")))?;
-    let attempts = delivery::attempts_of(&mut conn, id).await?;
+    let attempts = attempt::attempts_of(&mut conn, id).await?;
     // The delivery's fields, with `attempts` as the list of attempts (not their count,
     // which the list gives).
     let mut detail = match serde_json::to_value(DeliveryDto::from(found)) {
@@ -302,7 +304,7 @@ async fn replay_delivery(
     let id = super::parse_id("delivery", &path)?;
     crate::telemetry::record_id("delivery_id", id);
     let mut conn = state.pool.get().await?;
-    match delivery::request_replay(&mut conn, id, principal.key_id).await? {
+    match replay::request_replay(&mut conn, id, principal.key_id).await? {
         None => Err(ApiError::NotFound(format!("no delivery with id {id}"))),
         Some(false) => Err(ApiError::Conflict(
             "this delivery is being attempted right now; replay it when the attempt ends".into(),
@@ -388,12 +390,12 @@ async fn replay_deliveries(
     let filter = parse_filter(&query)?;
     let mut conn = state.pool.get().await?;
     if dry_run {
-        let matched = delivery::count_replayable(&mut conn, &filter).await?;
+        let matched = replay::count_replayable(&mut conn, &filter).await?;
         return Ok(HttpResponse::Ok().json(serde_json::json!({"replayed": 0, "matched": matched})));
     }
     let replay = Replay::new("filter", Value::Object(raw.clone()), principal.key_id);
     let replay_id = replay.id;
-    let replayed = delivery::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
+    let replayed = replay::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
     if replayed > 0 {
         state.notifier.deliveries_due();
     }

@@ -18,6 +18,7 @@ use crate::db::RawJson;
 use crate::db::models::delivery;
 use crate::db::models::endpoint::{self, Endpoint};
 use crate::db::models::event::{self, PendingEvent};
+use crate::db::models::replay::{Replay, recover};
 use crate::domain::destination::DestinationGuard;
 use crate::domain::signature::SigningSecret;
 use crate::domain::units::parse_duration;
@@ -488,9 +489,9 @@ async fn recover_endpoint(
         "since": since.to_rfc3339(),
         "until": until.to_rfc3339(),
     });
-    let replay = delivery::Replay::new("recover", criteria, principal.key_id);
+    let replay = Replay::new("recover", criteria, principal.key_id);
     let replay_id = replay.id;
-    let recovered = delivery::recover(&mut conn, id, since, until, replay).await?;
+    let recovered = recover(&mut conn, id, since, until, replay).await?;
     if recovered > 0 {
         state.notifier.deliveries_due();
     }

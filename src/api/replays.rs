@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::Principal;
-use crate::db::models::delivery;
+use crate::db::models::replay;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -50,7 +50,7 @@ async fn get_replay(
     principal.require_admin()?;
     let id = super::parse_id("replay", &path)?;
     let mut conn = state.pool.get().await?;
-    let (replay, counts) = delivery::find_replay(&mut conn, id)
+    let (replay, counts) = replay::find_replay(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no replay with id {id}")))?;
     let count = |status: &str| {

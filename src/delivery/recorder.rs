@@ -28,7 +28,8 @@ use uuid::Uuid;
 use super::outcome::{Answer, Next, next};
 use super::sender::Sent;
 use super::worker::{OPS_STREAM, Worker};
-use crate::db::models::delivery::{self, Attempt, Claimed, Outcome};
+use crate::db::models::attempt::Attempt;
+use crate::db::models::delivery::{self, Claimed, Outcome};
 use crate::db::models::endpoint;
 use crate::metrics::inc;
 

@@ -1,4 +1,5 @@
-//! `deliveries` and `attempts`: the webhook queue and its history.
+//! `deliveries`: the webhook queue (claims, outcomes, listing). Attempts are in `attempt`,
+//! replays and recover in `replay`.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -6,11 +7,12 @@ use diesel::sql_types::{
     Array, BigInt, Bool, Bytea, Double, Integer, Jsonb, Nullable, Text, Timestamptz,
     Uuid as SqlUuid,
 };
-use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::db::models::attempt::Attempt;
 use crate::db::prepared;
-use crate::db::schema::{attempts, deliveries, replays};
+use crate::db::schema::deliveries;
 
 /// A delivery as stored.
 #[derive(Debug, Clone, Queryable, Selectable)]
@@ -52,36 +54,6 @@ pub struct Delivery {
     pub updated_at: DateTime<Utc>,
     /// The bulk replay or recover that last made it due, if any.
     pub replay_id: Option<Uuid>,
-}
-
-/// One attempt as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = attempts, check_for_backend(diesel::pg::Pg))]
-pub struct Attempt {
-    /// Id.
-    pub id: Uuid,
-    /// Its delivery.
-    pub delivery_id: Uuid,
-    /// When the request started.
-    pub started_at: DateTime<Utc>,
-    /// How long until the answer (or the error).
-    pub duration_ms: i32,
-    /// schedule or replay.
-    pub trigger: String,
-    /// The API key that asked for a replay.
-    pub triggered_by: Option<Uuid>,
-    /// Headers sent.
-    pub request_headers: serde_json::Value,
-    /// Status received.
-    pub response_status: Option<i32>,
-    /// Headers received.
-    pub response_headers: Option<serde_json::Value>,
-    /// The first 16 KiB of the body received.
-    pub response_body: Option<String>,
-    /// timeout, connect, dns, tls, blocked_destination, invalid_response.
-    pub error_class: Option<String>,
-    /// Details of the error.
-    pub error_detail: Option<String>,
 }
 
 /// The rule for "endpoint `e` subscribes to event `ev`", shared by fan-out and recover:
@@ -458,211 +430,6 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
-/// A delivery's attempts, oldest first.
-pub async fn attempts_of(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Vec<Attempt>> {
-    attempts::table
-        .filter(attempts::delivery_id.eq(id))
-        .order(attempts::started_at.asc())
-        .select(Attempt::as_select())
-        .load(conn)
-        .await
-}
-
-/// Makes a delivery due now, as a replay asked for by `by`. Returns whether it was found
-/// in a state that allows it (anything but `delivering`).
-pub async fn request_replay(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-    by: Uuid,
-) -> QueryResult<Option<bool>> {
-    let Some(delivery) = find(conn, id).await? else {
-        return Ok(None);
-    };
-    if delivery.status == "delivering" {
-        return Ok(Some(false));
-    }
-    Ok(Some(replay_ids(conn, &[id], by, None).await? == 1))
-}
-
-/// Makes these deliveries due now as a replay by `by` (part of the bulk replay `replay`,
-/// if given), except those in flight.
-async fn replay_ids(
-    conn: &mut AsyncPgConnection,
-    ids: &[Uuid],
-    by: Uuid,
-    replay: Option<Uuid>,
-) -> QueryResult<usize> {
-    diesel::update(
-        deliveries::table
-            .filter(deliveries::id.eq_any(ids))
-            .filter(deliveries::status.ne("delivering")),
-    )
-    .set((
-        deliveries::status.eq("pending"),
-        deliveries::next_attempt_at.eq(diesel::dsl::now),
-        deliveries::replay_requested.eq(true),
-        deliveries::replay_requested_by.eq(Some(by)),
-        deliveries::replay_id.eq(replay),
-        deliveries::updated_at.eq(diesel::dsl::now),
-    ))
-    .execute(conn)
-    .await
-}
-
-/// A bulk replay or recover as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = replays, check_for_backend(diesel::pg::Pg))]
-pub struct Replay {
-    /// Id.
-    pub id: Uuid,
-    /// `filter` or `recover`.
-    pub kind: String,
-    /// What was asked for: the filter, or the endpoint and time range.
-    pub criteria: serde_json::Value,
-    /// The API key that asked.
-    pub requested_by: Uuid,
-    /// How many deliveries it made due.
-    pub total: i64,
-    /// When.
-    pub created_at: DateTime<Utc>,
-}
-
-impl Replay {
-    /// A new replay of `kind` (`filter` or `recover`) asked for by `requested_by`; its
-    /// total is set when it is stored.
-    pub fn new(kind: &str, criteria: serde_json::Value, requested_by: Uuid) -> Self {
-        Self {
-            id: Uuid::now_v7(),
-            kind: kind.to_owned(),
-            criteria,
-            requested_by,
-            total: 0,
-            created_at: Utc::now(),
-        }
-    }
-}
-
-/// Makes every matching delivery that is not in flight due now, as the bulk replay
-/// `replay` (at most `max`), and stores `replay` with its total. Returns how many.
-pub async fn replay_matching(
-    conn: &mut AsyncPgConnection,
-    filter: &DeliveryFilter,
-    mut replay: Replay,
-    max: i64,
-) -> QueryResult<usize> {
-    let filter = filter.clone();
-    conn.transaction(async |conn| {
-        let ids: Vec<Uuid> = filtered(&filter)
-            .filter(deliveries::status.ne("delivering"))
-            .select(deliveries::id)
-            .limit(max)
-            .load(conn)
-            .await?;
-        let mut replayed = 0;
-        for chunk in ids.chunks(5000) {
-            replayed += replay_ids(conn, chunk, replay.requested_by, Some(replay.id)).await?;
-        }
-        replay.total = i64::try_from(replayed).unwrap_or(i64::MAX);
-        diesel::insert_into(replays::table)
-            .values(&replay)
-            .execute(conn)
-            .await?;
-        Ok(replayed)
-    })
-    .await
-}
-
-/// The bulk replay `id` and how many of its deliveries are in each status now.
-pub async fn find_replay(
-    conn: &mut AsyncPgConnection,
-    id: Uuid,
-) -> QueryResult<Option<(Replay, Vec<(String, i64)>)>> {
-    let Some(replay) = replays::table
-        .find(id)
-        .select(Replay::as_select())
-        .first(conn)
-        .await
-        .optional()?
-    else {
-        return Ok(None);
-    };
-    let counts = deliveries::table
-        .filter(deliveries::replay_id.eq(id))
-        .group_by(deliveries::status)
-        .select((deliveries::status, diesel::dsl::count_star()))
-        .load(conn)
-        .await?;
-    Ok(Some((replay, counts)))
-}
-
-/// How many deliveries match, not counting those in flight (a bulk replay's preview).
-pub async fn count_replayable(
-    conn: &mut AsyncPgConnection,
-    filter: &DeliveryFilter,
-) -> QueryResult<i64> {
-    filtered(filter)
-        .filter(deliveries::status.ne("delivering"))
-        .count()
-        .get_result(conn)
-        .await
-}
-
-/// Re-delivers to `endpoint_id` every event created in `[since, until)` that it has not
-/// received, as the replay `replay` (stored with its total): its unsuccessful deliveries
-/// become due now, and events it never had a delivery for (sent before it subscribed) get
-/// one. Returns how many are now due.
-pub async fn recover(
-    conn: &mut AsyncPgConnection,
-    endpoint_id: Uuid,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-    mut replay: Replay,
-) -> QueryResult<usize> {
-    conn.transaction(async |conn| {
-        let replayed = diesel::sql_query(
-            "UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), \
-                    replay_requested = true, replay_requested_by = $4, replay_id = $5, \
-                    updated_at = now() \
-               FROM events ev \
-              WHERE ev.id = d.event_id AND d.endpoint_id = $1 \
-                AND ev.created_at >= $2 AND ev.created_at < $3 \
-                AND d.status IN ('failed', 'pending')",
-        )
-        .bind::<SqlUuid, _>(endpoint_id)
-        .bind::<Timestamptz, _>(since)
-        .bind::<Timestamptz, _>(until)
-        .bind::<SqlUuid, _>(replay.requested_by)
-        .bind::<SqlUuid, _>(replay.id)
-        .execute(conn)
-        .await?;
-        let created = diesel::sql_query(concat!(
-            "INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
-                                     next_attempt_at, replay_requested, replay_requested_by, \
-                                     replay_id, created_at, updated_at) \
-             SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, 'pending', \
-                    now(), true, $4, $5, clock_timestamp(), now() \
-               FROM events ev JOIN endpoints e ON e.id = $1 \
-              WHERE ev.created_at >= $2 AND ev.created_at < $3 AND ",
-            endpoint_matches_event!(),
-            " AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = ev.id AND x.endpoint_id = e.id)",
-        ))
-        .bind::<SqlUuid, _>(endpoint_id)
-        .bind::<Timestamptz, _>(since)
-        .bind::<Timestamptz, _>(until)
-        .bind::<SqlUuid, _>(replay.requested_by)
-        .bind::<SqlUuid, _>(replay.id)
-        .execute(conn)
-        .await?;
-        replay.total = i64::try_from(replayed + created).unwrap_or(i64::MAX);
-        diesel::insert_into(replays::table)
-            .values(&replay)
-            .execute(conn)
-            .await?;
-        Ok(replayed + created)
-    })
-    .await
-}
-
 /// Filters of `GET /v1/deliveries`.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -685,7 +452,7 @@ pub struct DeliveryFilter {
 }
 
 /// The deliveries matching `filter`, as a query to refine.
-fn filtered(filter: &DeliveryFilter) -> deliveries::BoxedQuery<'static, diesel::pg::Pg> {
+pub(super) fn filtered(filter: &DeliveryFilter) -> deliveries::BoxedQuery<'static, diesel::pg::Pg> {
     let mut query = deliveries::table.into_boxed();
     if let Some(status) = &filter.status {
         query = query.filter(deliveries::status.eq(status.clone()));
