@@ -2,8 +2,9 @@
 //! as tables grow. Writes straight through SQL (`INSERT ... SELECT generate_series`) as
 //! fast as PostgreSQL takes it, in chunks, with the same shape Herald writes: events with
 //! time-ordered (UUIDv7) ids spread evenly over `--span` up to now, one delivery per event
-//! plus a second one for 15% of them, one attempt per delivery, 0.5% of events failed
-//! (HTTP 503) at their first endpoint and the rest succeeded, and the streams' counters set
+//! plus a second one for 15% of them, one attempt per delivery, about 0.5% of events
+//! failed (HTTP 503; picked by a hash of their number, so spread over endpoints and time) at
+//! their first endpoint and the rest succeeded, and the streams' counters set
 //! so that new events continue the sequences. The same options give the same data (apart
 //! from ids' random bits): a repeatable data set.
 //!
@@ -67,7 +68,7 @@ WITH ev AS (
     FROM ev
    CROSS JOIN LATERAL (SELECT (ev.seq - 1) * $4::int8 + substr(ev.stream, 6)::int8 AS i) AS j
    CROSS JOIN LATERAL generate_series(0, CASE WHEN j.i % 20 < 3 THEN 1 ELSE 0 END) AS k
-   CROSS JOIN LATERAL (SELECT j.i, k = 0 AND j.i % 200 = 0 AS failed) AS x
+   CROSS JOIN LATERAL (SELECT j.i, k = 0 AND abs(hashint8(j.i)) % 200 = 0 AS failed) AS x
   RETURNING id, created_at, last_status_code
 )
 INSERT INTO attempts (id, delivery_id, started_at, duration_ms, trigger, request_headers,

@@ -37,10 +37,12 @@ async fn a_filled_database_is_consistent_and_new_events_continue_its_streams() {
     );
     let app = spawn_app_on(test_settings(), db_name, database_url).await;
 
-    // 3,000 events, 15% with a second delivery; one event in 200 failed.
+    // 3,000 events, 15% with a second delivery; about one event in 200 failed.
     let overview: Value = app.get("/v1/overview").await.json().await.unwrap();
-    assert_eq!(overview["deliveries"]["last_day"]["succeeded"], 3450 - 15);
-    assert_eq!(overview["deliveries"]["last_day"]["failed"], 15);
+    let day = &overview["deliveries"]["last_day"];
+    let failed_count = day["failed"].as_u64().unwrap();
+    assert_eq!(day["succeeded"].as_u64().unwrap() + failed_count, 3450);
+    assert!((5..=30).contains(&failed_count), "{failed_count} failed");
     assert_eq!(overview["endpoints"].as_array().unwrap().len(), 5);
     let failed: Value = app
         .get("/v1/deliveries?status=failed&limit=500")
@@ -49,8 +51,11 @@ async fn a_filled_database_is_consistent_and_new_events_continue_its_streams() {
         .await
         .unwrap();
     let failed = failed["deliveries"].as_array().unwrap();
-    assert_eq!(failed.len(), 15);
+    assert_eq!(failed.len() as u64, failed_count);
     assert!(failed.iter().all(|d| d["last_status_code"] == 503));
+    let endpoints: std::collections::HashSet<_> =
+        failed.iter().map(|d| d["endpoint_id"].clone()).collect();
+    assert!(endpoints.len() > 1, "failures spread over endpoints");
 
     // Each stream holds 300 events, seq 1..300; a new one is 301.
     let page: Value = app
