@@ -1,7 +1,7 @@
 //! Settings, read once from the environment at start and validated there.
 //!
-//! Every setting is a `HERALD_*` variable (plus `DATABASE_URL`); PRODUCT.md is the contract
-//! for their names and defaults. A bad value stops Herald with a message that names the
+//! Every setting is a `HERALD_*` variable (plus `DATABASE_URL`); the README's settings table
+//! is the contract for their names and defaults. A bad value stops Herald with a message that names the
 //! variable and what it expected. Nothing here is global: `Settings` is passed in, and tests
 //! build their own.
 

@@ -7,7 +7,7 @@ pub const MAX_EVENT_TYPE_LEN: usize = 100;
 
 /// A validated event type: 1-100 characters of `[A-Za-z0-9._:/-]`.
 ///
-/// PRODUCT.md says "like `payment.succeeded`"; we accept the same alphabet as stream names so
+/// Types look like `payment.succeeded`; we accept the same alphabet as stream names so
 /// that types can be matched by the same filters and written into HTTP headers and SSE
 /// `event:` lines without escaping.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
