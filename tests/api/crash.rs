@@ -74,12 +74,7 @@ async fn a_kill_9_loses_no_delivery_and_two_instances_never_send_one_at_once() {
         let events: Vec<Value> = (0..1000)
             .map(|i| json!({"stream": format!("s{}", i % 50), "type": "t", "payload": chunk * 1000 + i}))
             .collect();
-        assert_eq!(
-            app.post("/v1/events/batch", &json!({"events": events}))
-                .await
-                .status(),
-            201
-        );
+        app.publish_batch(&events).await;
     }
 
     // The first worker instance gets going, then dies without warning mid-flight.

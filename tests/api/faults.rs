@@ -313,12 +313,7 @@ async fn a_receiver_that_refuses_connections_then_comes_back_gets_everything() {
     let events: Vec<Value> = (0..10)
         .map(|i| json!({"stream": "orders", "type": "order.created", "payload": i}))
         .collect();
-    assert_eq!(
-        app.post("/v1/events/batch", &json!({"events": events}))
-            .await
-            .status(),
-        201
-    );
+    app.publish_batch(&events).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let retries = app
         .metric("herald_webhook_outcomes_total{outcome=\"retry\"}")

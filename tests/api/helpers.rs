@@ -299,6 +299,14 @@ impl TestApp {
         response.json().await.expect("event json")
     }
 
+    /// Publishes `events` (objects of stream, type, payload) as one batch; asserts `201`.
+    pub async fn publish_batch(&self, events: &[Value]) {
+        let response = self
+            .post("/v1/events/batch", &json!({ "events": events }))
+            .await;
+        assert_eq!(response.status(), 201, "batch publish failed");
+    }
+
     /// Publishes to `stream` with `payload` written into the body as it is (line breaks
     /// and all), as a producer that pretty-prints does.
     pub async fn publish_raw(&self, stream: &str, payload: &str) {

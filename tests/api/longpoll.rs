@@ -474,12 +474,7 @@ async fn publish_history(app: &TestApp, stream: &str, thousands: usize) {
         let events: Vec<Value> = (0..1000)
             .map(|i| json!({"stream": stream, "type": "t", "payload": chunk * 1000 + i}))
             .collect();
-        assert_eq!(
-            app.post("/v1/events/batch", &json!({"events": events}))
-                .await
-                .status(),
-            201
-        );
+        app.publish_batch(&events).await;
     }
 }
 
