@@ -142,7 +142,7 @@ async fn sse_catches_up_across_many_events_without_gaps() {
         .map(|i| json!({"stream": "bulk", "type": "t", "payload": i}))
         .collect();
     for chunk in events.chunks(600) {
-        app.publish_batch(&chunk).await;
+        app.publish_batch(chunk).await;
     }
     let mut reader = SseReader::new(open(&app, "/v1/streams/bulk/sse", None).await);
     for seq in 1..=1200 {
