@@ -10,6 +10,9 @@
 //! If a group fails as a whole, each of its requests is retried on its own, so one request
 //! can never make another fail, and each request stays all-or-nothing.
 //!
+//! Each committer stores its groups on a connection of its own (outside the pool, so a
+//! publish pays no pool checkout ping), set up with [`INGEST_SESSION`].
+//!
 //! The committers stop when every [`Ingest`] handle is gone (the server has stopped), after
 //! answering everything still queued.
 
@@ -19,10 +22,19 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::db::DbPool;
+use crate::db::Dedicated;
 use crate::db::models::event::{self, Event, PendingEvent, Stored};
 use crate::error::ApiError;
 use crate::streams::notify::Notifier;
+
+/// The session of a committer's connection: the ingest statement runs with its generic
+/// plan. Left to choose, PostgreSQL planned it again on every call (a custom plan for
+/// each set of arrays is estimated cheaper than the generic plan, which assumes 100
+/// elements per array), and planning the statement cost more CPU than running it
+/// (`pg_stat_statements` with `track_planning`: 0.38 ms of planning per call at 200
+/// events/s; see docs/benchmarks.md). The plan does not depend on the values: every
+/// array is scanned whole and every join is on a key.
+pub const INGEST_SESSION: &str = "SET plan_cache_mode = force_generic_plan";
 
 /// A group is closed once it holds this many events.
 pub const MAX_GROUP_EVENTS: usize = 1000;
@@ -49,17 +61,27 @@ impl std::fmt::Debug for Job {
 }
 
 impl Ingest {
-    /// Starts `committers` committer tasks on the current runtime; `notifier` hears of
-    /// every commit.
+    /// Starts `committers` committer tasks on the current runtime, each with a connection
+    /// of its own to `database_url` (opened on first use, opened again after an error);
+    /// `notifier` hears of every commit.
     pub fn start(
-        pool: DbPool,
+        database_url: &str,
+        connect_timeout: std::time::Duration,
         committers: usize,
         notifier: Arc<Notifier>,
     ) -> (Self, Vec<JoinHandle<()>>) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let rx = Arc::new(Mutex::new(rx));
         let handles = (0..committers.max(1))
-            .map(|_| tokio::spawn(run_committer(pool.clone(), rx.clone(), notifier.clone())))
+            .map(|_| {
+                let conn = Dedicated::new(
+                    database_url,
+                    connect_timeout,
+                    "herald-ingest",
+                    INGEST_SESSION,
+                );
+                tokio::spawn(run_committer(conn, rx.clone(), notifier.clone()))
+            })
             .collect();
         (Self { tx }, handles)
     }
@@ -82,9 +104,13 @@ fn shutting_down() -> ApiError {
     }
 }
 
-async fn run_committer(pool: DbPool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, notifier: Arc<Notifier>) {
+async fn run_committer(
+    conn: Dedicated,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    notifier: Arc<Notifier>,
+) {
     while let Some(group) = next_group(&rx).await {
-        commit_group(&pool, group, &notifier).await;
+        commit_group(&conn, group, &notifier).await;
     }
 }
 
@@ -106,12 +132,12 @@ async fn next_group(rx: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
     Some(group)
 }
 
-async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
+async fn commit_group(conn: &Dedicated, group: Vec<Job>, notifier: &Notifier) {
     let all: Vec<PendingEvent> = group
         .iter()
         .flat_map(|j| j.events.iter().cloned())
         .collect();
-    match store(pool, all, notifier).await {
+    match store(conn, all, notifier).await {
         Ok(mut stored) => {
             notifier.committed(&mut stored);
             let mut stored = stored.events.into_iter();
@@ -128,7 +154,7 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
         Err(err) => {
             tracing::warn!(error = %err, jobs = group.len(), "group commit failed; retrying its requests one by one");
             for job in group {
-                let result = store(pool, job.events, notifier).await.map(|mut stored| {
+                let result = store(conn, job.events, notifier).await.map(|mut stored| {
                     notifier.committed(&mut stored);
                     stored.events
                 });
@@ -142,21 +168,45 @@ async fn commit_group(pool: &DbPool, group: Vec<Job>, notifier: &Notifier) {
 /// retried once on a deadlock or serialization failure. When this instance sends
 /// webhooks, the deliveries it can attempt at once are claimed in the same statement and
 /// handed to its worker after the commit (by [`Notifier::committed`]).
+///
+/// After an error that may have left the connection unusable, the connection is dropped
+/// and the next group opens a fresh one.
 async fn store(
-    pool: &DbPool,
+    conn: &Dedicated,
     events: Vec<PendingEvent>,
     notifier: &Notifier,
 ) -> Result<Stored, ApiError> {
-    let mut conn = pool.get().await?;
+    let mut guard = conn.lock().await.map_err(ApiError::database_unavailable)?;
     let mut attempt = 0;
     loop {
         let claim = notifier.insert_claim();
-        let result = event::insert_all(&mut conn, events.clone(), claim.as_ref()).await;
+        let live = guard.conn().map_err(ApiError::database_unavailable)?;
+        let result = event::insert_all(live, events.clone(), claim.as_ref()).await;
         match result {
             Err(err) if attempt == 0 && is_retryable(&err) => attempt += 1,
-            other => return other.map_err(ApiError::from),
+            Err(err) => {
+                if !is_statement_error(&err) {
+                    guard.discard();
+                }
+                return Err(ApiError::from(err));
+            }
+            Ok(stored) => return Ok(stored),
         }
     }
+}
+
+/// Errors PostgreSQL raised for the statement itself (a constraint, a conflict): the
+/// connection is fine. Anything else (closed, unable to send, a protocol error) may have
+/// left it unusable.
+fn is_statement_error(err: &DieselError) -> bool {
+    matches!(
+        err,
+        DieselError::DatabaseError(kind, _)
+            if !matches!(
+                kind,
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand
+            )
+    )
 }
 
 /// Deadlocks and serialization failures are safe to retry.

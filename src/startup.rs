@@ -116,7 +116,12 @@ impl Application {
             queue.clone(),
         );
         let committers = (settings.db_pool_size / 4).clamp(1, 4);
-        let (ingest, committer_handles) = Ingest::start(pool.clone(), committers, notifier.clone());
+        let (ingest, committer_handles) = Ingest::start(
+            database_url,
+            settings.db_timeout,
+            committers,
+            notifier.clone(),
+        );
         let background_stop = CancellationToken::new();
         let keys = Arc::new(KeyCache::default());
         let key_holds = Arc::new(crate::streams::holds::KeyHolds::new(keys.clone()));
