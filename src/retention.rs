@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::sql_types::{BigInt, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl as _;
+use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -54,13 +54,27 @@ async fn oldest_unfinished_event(pool: &DbPool) -> anyhow::Result<Option<Uuid>> 
         id: Uuid,
     }
     let mut conn = pool.get().await?;
-    // (PostgreSQL 15 has no min(uuid).)
-    let oldest: Vec<Oldest> = diesel::sql_query(
-        "SELECT event_id AS id FROM deliveries WHERE status IN ('pending', 'delivering') \
-         ORDER BY event_id LIMIT 1",
-    )
-    .load(&mut conn)
-    .await?;
+    // Read from the small partial index of unfinished deliveries, then sorted (PostgreSQL
+    // 15 has no min(uuid)). Written as a plain `ORDER BY event_id LIMIT 1`, the planner
+    // walked the index of every delivery's event in order, skipping finished ones: after
+    // a backlog's statistics it read 207,874 buffers (219 ms) on a 150,000-delivery
+    // database, once a minute, and it grows with history. The materialized set cannot be
+    // read in order, and with sequential scans off the partial index is the only cheap
+    // way to it.
+    let oldest: Vec<Oldest> = conn
+        .transaction(async |conn| {
+            diesel::sql_query("SET LOCAL enable_seqscan = off")
+                .execute(conn)
+                .await?;
+            diesel::sql_query(
+                "WITH unfinished AS MATERIALIZED ( \
+                   SELECT event_id FROM deliveries WHERE status IN ('pending', 'delivering')) \
+                 SELECT event_id AS id FROM unfinished ORDER BY event_id LIMIT 1",
+            )
+            .load(conn)
+            .await
+        })
+        .await?;
     Ok(oldest.into_iter().next().map(|o| o.id))
 }
 
