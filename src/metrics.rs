@@ -27,6 +27,8 @@ pub struct Metrics {
     pub events_ingested: Counter,
     /// Reads the stream hub ran to serve waiters (one per stream per wake-up).
     pub hub_reads: Counter,
+    /// Commits of this instance handed to waiting streams without a read.
+    pub hub_pushes: Counter,
     /// Long-polls answered with events.
     pub longpolls_answered: Counter,
     /// Long-polls whose wait ran out.
@@ -157,6 +159,10 @@ impl Metrics {
             hub_reads: counter(
                 "herald_hub_reads_total",
                 "Database reads the stream hub ran to wake waiters.",
+            ),
+            hub_pushes: counter(
+                "herald_hub_pushes_total",
+                "Commits of this instance handed to waiting streams without a database read.",
             ),
             longpolls_answered: counter(
                 "herald_longpolls_answered_total",

@@ -7,7 +7,9 @@
 //! milliseconds so that events committing together arrive together, reads every event after
 //! the last seq it knows, keeps them (already serialized) in the slot's short history, and
 //! wakes the subscribers. Each subscriber takes what is newer than its own cursor. A stream
-//! nobody waits on costs nothing; 10,000 waiters on one stream cost one read per change.
+//! nobody waits on costs nothing; 10,000 waiters on one stream cost one read per change,
+//! and none for a commit of this instance that follows what the slot holds
+//! ([`Hub::committed`]).
 //!
 //! Holding a request holds no database connection.
 
@@ -212,6 +214,48 @@ impl Hub {
             return;
         }
         self.schedule_fetch(slot);
+    }
+
+    /// Events this instance has just committed on `stream`, in seq order. A watched
+    /// stream whose slot holds everything up to just before them takes them as they are
+    /// and wakes its waiters: no read, no batching delay. Otherwise (a seq in between that
+    /// this instance has not seen, committed elsewhere or by another committer that has
+    /// not told the hub yet) it is a [`Hub::hint`]: the slot reads the stream.
+    ///
+    /// Safe because seq order is commit order: when `events` commit, every seq below
+    /// theirs is committed, so a slot at `events[0].seq - 1` holds the stream's end.
+    pub fn committed(self: &Arc<Self>, stream: &str, events: &[&Event]) {
+        let Some(slot) = self.slots().get(stream).cloned() else {
+            return;
+        };
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return;
+        };
+        let contiguous = events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        let known = {
+            let mut state = slot.state();
+            if last.seq <= state.known {
+                return;
+            }
+            if !contiguous || first.seq != state.known + 1 {
+                drop(state);
+                self.schedule_fetch(slot);
+                return;
+            }
+            state.verified = true;
+            for event in events {
+                state
+                    .recent
+                    .push_back(Arc::new(EventJson::new((*event).clone())));
+            }
+            while state.recent.len() > HISTORY {
+                state.recent.pop_front();
+            }
+            state.known = last.seq;
+            state.known
+        };
+        inc(&self.metrics.hub_pushes);
+        slot.changed.send_replace(known);
     }
 
     /// Makes every watched stream re-check (after the LISTEN connection was lost).

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::hub::Hub;
 use super::{CHANNEL, DELIVERIES_CHANNEL};
-use crate::db::models::event::{InsertClaim, Stored};
+use crate::db::models::event::{Event, InsertClaim, Stored};
 use crate::db::{DbPool, prepared};
 use crate::delivery::queue::LocalQueue;
 use crate::metrics::{Metrics, inc};
@@ -217,14 +217,19 @@ impl Notifier {
         if events.is_empty() {
             return;
         }
-        let mut latest: HashMap<&str, i64> = HashMap::new();
+        let mut by_stream: HashMap<&str, Vec<&Event>> = HashMap::new();
         for event in events {
-            let seq = latest.entry(event.stream.as_str()).or_default();
-            *seq = (*seq).max(event.seq);
+            by_stream
+                .entry(event.stream.as_str())
+                .or_default()
+                .push(event);
         }
         self.metrics.events_ingested.increment(events.len() as u64);
-        for (stream, seq) in &latest {
-            self.hub.hint(stream, Some(*seq));
+        let mut latest: HashMap<&str, i64> = HashMap::with_capacity(by_stream.len());
+        for (stream, mut committed) in by_stream {
+            committed.sort_by_key(|e| e.seq);
+            self.hub.committed(stream, &committed);
+            latest.insert(stream, committed.last().map_or(0, |e| e.seq));
         }
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         for (stream, seq) in latest {

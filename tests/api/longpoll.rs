@@ -309,27 +309,53 @@ async fn a_lost_notification_is_made_up_by_the_fallback_check() {
     assert_eq!(body["events"][0]["type"], "sneaky");
 }
 
-/// 200 waiters on one stream; one commit answers them all, and the instance read the
-/// stream once for it.
+/// 200 waiters on one stream; one commit answers them all. Committed by their own
+/// instance, it is handed to them without a read; committed by another instance, their
+/// instance reads the stream once for all of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn one_commit_answers_200_waiters_with_one_read() {
-    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+async fn one_commit_answers_200_waiters_with_one_read_or_none() {
+    let slow_fallback =
+        |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
+    let app = spawn_app_with(slow_fallback).await;
+    let other = second_instance(&app, slow_fallback).await;
     app.wait_for_metric("herald_listener_connects_total", 1)
         .await;
-    let polls: Vec<_> = (0..200)
-        .map(|_| hold(&app, "/v1/streams/fanout/events?wait=30"))
-        .collect();
-    app.wait_for_metric("herald_waiters", 200).await;
-    let reads_before = app.metric("herald_hub_reads_total").await;
+    for (round, publisher) in [(1, &app), (2, &other)] {
+        let polls: Vec<_> = (0..200)
+            .map(|_| {
+                hold(
+                    &app,
+                    &format!("/v1/streams/fanout/events?after={}&wait=30", round - 1),
+                )
+            })
+            .collect();
+        app.wait_for_metric("herald_waiters", 200).await;
+        let reads_before = app.metric("herald_hub_reads_total").await;
+        let pushes_before = app.metric("herald_hub_pushes_total").await;
 
-    let event = app.publish("fanout", "t", json!("hello, all")).await;
-    for poll in polls {
-        let (status, body, _, _) = poll.await.unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(body["events"][0], event);
+        let event = publisher
+            .publish("fanout", "t", json!({"round": round}))
+            .await;
+        assert_eq!(event["seq"], round);
+        for poll in polls {
+            let (status, body, _, _) = poll.await.unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(body["events"], json!([event]));
+        }
+        let reads = app.metric("herald_hub_reads_total").await - reads_before;
+        let pushes = app.metric("herald_hub_pushes_total").await - pushes_before;
+        if round == 1 {
+            assert_eq!((reads, pushes), (0, 1), "its own commit: no read");
+        } else {
+            assert_eq!(
+                (reads, pushes),
+                (1, 0),
+                "another instance's commit: one read"
+            );
+        }
+        app.wait_for_metric("herald_waiters", 0).await;
+        assert_eq!(app.metric("herald_watched_streams").await, 0);
     }
-    assert_eq!(app.metric("herald_hub_reads_total").await - reads_before, 1);
-    assert_eq!(app.metric("herald_watched_streams").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +506,12 @@ async fn publish_history(app: &TestApp, stream: &str, thousands: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_first_watched_from_an_old_cursor_is_read_from_its_tail_once() {
-    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    let slow_fallback =
+        |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
+    let app = spawn_app_with(slow_fallback).await;
+    // The new event is committed through another instance, so that this one learns of it
+    // by a notification and reads the stream (its own commits need no read).
+    let other = second_instance(&app, slow_fallback).await;
     app.wait_for_metric("herald_listener_connects_total", 1)
         .await;
     publish_history(&app, "tail", 3).await;
@@ -496,7 +527,7 @@ async fn a_stream_first_watched_from_an_old_cursor_is_read_from_its_tail_once() 
     let at_end = hold(&app, "/v1/streams/tail/events?after=3000&wait=30");
     app.wait_for_metric("herald_waiters", 2).await;
     let reads_before = app.metric("herald_hub_reads_total").await;
-    let event = app.publish("tail", "t", json!("new")).await;
+    let event = other.publish("tail", "t", json!("new")).await;
     let (status, body, _, _) = at_end.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["events"], json!([event]));
@@ -507,7 +538,11 @@ async fn a_stream_first_watched_from_an_old_cursor_is_read_from_its_tail_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_catching_up_from_an_old_cursor_does_not_make_the_hub_reread_history() {
-    let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
+    let slow_fallback =
+        |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
+    let app = spawn_app_with(slow_fallback).await;
+    // The new event comes through another instance: this one reads the stream for it.
+    let other = second_instance(&app, slow_fallback).await;
     app.wait_for_metric("herald_listener_connects_total", 1)
         .await;
     publish_history(&app, "history", 5).await;
@@ -528,7 +563,7 @@ async fn a_reader_catching_up_from_an_old_cursor_does_not_make_the_hub_reread_hi
         assert_eq!(page["events"][0]["seq"], 1);
     }
     let reads_before = app.metric("herald_hub_reads_total").await;
-    let event = app.publish("history", "t", json!("new")).await;
+    let event = other.publish("history", "t", json!("new")).await;
     for poll in polls {
         let (status, body, _, _) = poll.await.unwrap();
         assert_eq!(status, 200);

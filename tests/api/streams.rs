@@ -164,9 +164,11 @@ async fn a_cursor_before_the_oldest_retained_event_is_410() {
     assert_eq!(problem["earliest_after"], 4);
 }
 
-/// 8 writers put 500 events each on one stream while a reader pages through it. Seq order
-/// is commit order, so the reader sees 1..=4000 exactly once, in order, never skipping a
-/// seq that commits later.
+/// 8 writers put 500 events each on one stream while two readers page through it: one
+/// that reads the database (`wait=0`) and one whose polls are held and answered by the
+/// stream hub (from events handed over at commit, or read when commits of different
+/// committers arrive out of order). Seq order is commit order, so each reader sees
+/// 1..=4000 exactly once, in order, never skipping a seq that commits later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reader_sees_every_seq_once_in_order_under_concurrent_writes() {
     const WRITERS: i64 = 8;
@@ -189,30 +191,46 @@ async fn a_reader_sees_every_seq_once_in_order_under_concurrent_writes() {
             }
         }));
     }
-    let mut after = 0_i64;
-    let mut seen = Vec::new();
-    let mut payloads = HashSet::new();
-    while after < WRITERS * PER_WRITER {
-        let page: Value = app
-            .get(&format!("/v1/streams/race/events?after={after}&limit=37"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        let Some(events) = page["events"].as_array() else {
-            panic!("after {after}: {page}");
-        };
-        for event in events {
-            let seq = event["seq"].as_i64().unwrap();
-            assert_eq!(seq, after + 1, "the reader skipped or repeated a seq");
-            after = seq;
-            seen.push(seq);
-            assert!(payloads.insert(event["payload"].to_string()));
+    let read_all = |wait: &'static str| {
+        let client = app.client.clone();
+        let base = format!("{}/v1/streams/race/events", app.address);
+        async move {
+            let mut after = 0_i64;
+            let mut seen = Vec::new();
+            let mut payloads = HashSet::new();
+            while after < WRITERS * PER_WRITER {
+                let page: Value = client
+                    .get(format!("{base}?after={after}&limit=37{wait}"))
+                    .bearer_auth(ADMIN_KEY)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let Some(events) = page["events"].as_array() else {
+                    panic!("after {after}: {page}");
+                };
+                for event in events {
+                    let seq = event["seq"].as_i64().unwrap();
+                    assert_eq!(seq, after + 1, "the reader{wait} skipped or repeated a seq");
+                    after = seq;
+                    seen.push(seq);
+                    assert!(payloads.insert(event["payload"].to_string()));
+                }
+                assert_eq!(page["next_after"], after);
+            }
+            seen
         }
-        assert_eq!(page["next_after"], after);
-    }
+    };
+    let (direct, held) = tokio::join!(read_all("&wait=0"), read_all("&wait=5"));
     for writer in writers {
         writer.await.unwrap();
     }
-    assert_eq!(seen, (1..=WRITERS * PER_WRITER).collect::<Vec<_>>());
+    assert_eq!(direct, (1..=WRITERS * PER_WRITER).collect::<Vec<_>>());
+    assert_eq!(held, direct);
+    assert!(
+        app.metric("herald_hub_pushes_total").await > 0,
+        "the held reader was served from commits handed to the hub"
+    );
 }
