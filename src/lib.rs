@@ -28,6 +28,7 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod retention;
+pub mod rollup;
 pub mod startup;
 pub mod streams;
 pub mod telemetry;

@@ -141,6 +141,7 @@ impl Application {
                 metrics.clone(),
                 background_stop.clone(),
             )),
+            tokio::spawn(crate::rollup::run(pool.clone(), background_stop.clone())),
             tokio::spawn(metrics.clone().run_upkeep(background_stop.clone())),
             tokio::spawn(
                 key_holds

@@ -26,6 +26,7 @@ mod longpoll;
 mod openapi;
 mod receiver;
 mod retention;
+mod rollups;
 mod sessions;
 mod sse;
 mod streams;

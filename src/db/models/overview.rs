@@ -1,4 +1,11 @@
 //! Aggregates for the console's overview: deliveries by status, the backlog, endpoint health.
+//!
+//! Counts by status come from `delivery_counts` (migration 000012), which triggers keep as
+//! deliveries change and [`fold`] compacts, never from counting `deliveries`. Its rows are
+//! minutes (the last hour or two) and hours, so the windows are whole buckets: "the last
+//! hour" is the current minute and the 59 before it, "the last day" starts at the top of
+//! the hour 24 hours ago (24 to 25 hours). The backlog reads only unfinished deliveries
+//! (partial indexes), so nothing here grows with history.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -20,15 +27,54 @@ pub struct StatusCount {
     pub last_day: i64,
 }
 
+/// Where the day's window starts: the top of the hour 24 hours ago.
+const DAY_WINDOW: &str = "date_trunc('hour', now() - interval '1 day')";
+
 /// Deliveries by status over the last hour and day.
 pub async fn status_counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<StatusCount>> {
-    diesel::sql_query(
+    diesel::sql_query(format!(
         "SELECT status, \
-                count(*) FILTER (WHERE created_at > now() - interval '1 hour') AS last_hour, \
-                count(*) AS last_day \
-           FROM deliveries WHERE created_at > now() - interval '1 day' GROUP BY status",
-    )
+                coalesce(sum(n) FILTER (WHERE span = 1 AND \
+                    bucket >= date_trunc('minute', now()) - interval '59 minutes'), 0)::int8 \
+                  AS last_hour, \
+                coalesce(sum(n), 0)::int8 AS last_day \
+           FROM delivery_counts WHERE bucket >= {DAY_WINDOW} GROUP BY status"
+    ))
     .load(conn)
+    .await
+}
+
+/// Folds `delivery_counts` together: each writer's shard into one row once its minute is
+/// closed, minutes into hours once they are more than an hour old, and drops buckets more
+/// than two days old (nothing reads them). Rows are locked in primary-key order, the order
+/// the triggers write in, so the fold and writers never deadlock. Returns the rows folded.
+pub async fn fold(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
+    diesel::sql_query(
+        "WITH doomed AS ( \
+           SELECT bucket, span, endpoint_id, status, shard FROM delivery_counts \
+            WHERE (shard >= 0 AND bucket < date_trunc('minute', now()) - interval '1 minute') \
+               OR (span = 1 AND bucket < date_trunc('hour', now()) - interval '1 hour') \
+               OR bucket < date_trunc('hour', now()) - interval '2 days' \
+            ORDER BY bucket, span, endpoint_id, status, shard \
+            FOR UPDATE), \
+         moved AS ( \
+           DELETE FROM delivery_counts c USING doomed d \
+            WHERE (c.bucket, c.span, c.endpoint_id, c.status, c.shard) \
+                = (d.bucket, d.span, d.endpoint_id, d.status, d.shard) \
+           RETURNING c.bucket, c.span, c.endpoint_id, c.status, c.n) \
+         INSERT INTO delivery_counts AS c (bucket, span, endpoint_id, status, shard, n) \
+         SELECT f.bucket, f.span, f.endpoint_id, f.status, -1, sum(f.n) \
+           FROM (SELECT CASE WHEN m.bucket < date_trunc('hour', now()) - interval '1 hour' \
+                             THEN date_trunc('hour', m.bucket) ELSE m.bucket END AS bucket, \
+                        CASE WHEN m.bucket < date_trunc('hour', now()) - interval '1 hour' \
+                             THEN 60 ELSE 1 END::int2 AS span, \
+                        m.endpoint_id, m.status, m.n \
+                   FROM moved m \
+                  WHERE m.bucket >= date_trunc('hour', now()) - interval '2 days') AS f \
+          GROUP BY 1, 2, 3, 4 HAVING sum(f.n) <> 0 ORDER BY 1, 2, 3, 4 \
+         ON CONFLICT (bucket, span, endpoint_id, status, shard) DO UPDATE SET n = c.n + EXCLUDED.n",
+    )
+    .execute(conn)
     .await
 }
 
@@ -97,20 +143,28 @@ pub struct EndpointHealth {
     pub last_error: Option<String>,
 }
 
-/// Every endpoint's health.
+/// Every endpoint's health: the day's outcomes from `delivery_counts`, the backlog from the
+/// unfinished deliveries, the last error from the small index of deliveries with one.
 pub async fn endpoint_health(conn: &mut AsyncPgConnection) -> QueryResult<Vec<EndpointHealth>> {
-    diesel::sql_query(
+    diesel::sql_query(format!(
         "SELECT e.id, e.url, e.enabled, e.disabled_reason, e.failing_since, e.last_success_at, \
-                count(d.id) FILTER (WHERE d.status = 'succeeded' AND d.created_at > now() - interval '1 day') AS succeeded_24h, \
-                count(d.id) FILTER (WHERE d.status = 'failed' AND d.created_at > now() - interval '1 day') AS failed_24h, \
-                count(d.id) FILTER (WHERE d.status IN ('pending', 'delivering')) AS backlog, \
-                (SELECT x.last_error FROM deliveries x WHERE x.endpoint_id = e.id AND x.last_error IS NOT NULL \
+                coalesce(c.succeeded, 0)::int8 AS succeeded_24h, \
+                coalesce(c.failed, 0)::int8 AS failed_24h, \
+                coalesce(b.backlog, 0)::int8 AS backlog, \
+                (SELECT x.last_error FROM deliveries x \
+                  WHERE x.endpoint_id = e.id AND x.last_error IS NOT NULL \
                   ORDER BY x.updated_at DESC LIMIT 1) AS last_error \
            FROM endpoints e \
-           LEFT JOIN deliveries d ON d.endpoint_id = e.id \
-                AND (d.created_at > now() - interval '1 day' OR d.status IN ('pending', 'delivering')) \
-          GROUP BY e.id ORDER BY e.id",
-    )
+           LEFT JOIN (SELECT endpoint_id, \
+                             sum(n) FILTER (WHERE status = 'succeeded') AS succeeded, \
+                             sum(n) FILTER (WHERE status = 'failed') AS failed \
+                        FROM delivery_counts WHERE bucket >= {DAY_WINDOW} \
+                       GROUP BY endpoint_id) c ON c.endpoint_id = e.id \
+           LEFT JOIN (SELECT endpoint_id, count(*) AS backlog FROM deliveries \
+                       WHERE status IN ('pending', 'delivering') \
+                       GROUP BY endpoint_id) b ON b.endpoint_id = e.id \
+          ORDER BY e.id"
+    ))
     .load(conn)
     .await
 }
