@@ -112,13 +112,18 @@ export async function render(root, { navigate, query: params }) {
     const focusedRow = document.activeElement && document.activeElement.closest && document.activeElement.closest("#deliveries-table tr[data-id]");
     const focusedId = focusedRow ? focusedRow.dataset.id : null;
     if (page.deliveries.length === 0) {
-      replace(tableArea, empty(cursor ? "No older deliveries." : hasFilter ? "No deliveries match these filters." : "No deliveries yet. They appear here as soon as an event is sent to an endpoint."));
+      replace(tableArea, empty(page.searched_to ? "None so far." : cursor ? "No older deliveries." : hasFilter ? "No deliveries match these filters." : "No deliveries yet. They appear here as soon as an event is sent to an endpoint."));
     } else {
       replace(tableArea, table(page.deliveries, urlOf));
     }
+    // A filter no index answers (type, stream, status code) searches a bounded stretch of
+    // history per page and says how far back it looked.
+    if (page.searched_to) {
+      tableArea.append(h("p", { class: "muted", id: "searched-to" }, "Searched back to ", time(page.searched_to), "."));
+    }
     const pager = h("nav", { class: "pager", "aria-label": "Pages" },
       cursor ? h("a", { href: `/admin/deliveries${query(filter)}`, text: "← Newest" }) : null,
-      page.next_cursor ? h("a", { href: `/admin/deliveries${query({ ...filter, cursor: page.next_cursor })}`, rel: "next", text: "Older →" }) : null);
+      page.next_cursor ? h("a", { href: `/admin/deliveries${query({ ...filter, cursor: page.next_cursor })}`, rel: "next", text: page.searched_to ? "Search older →" : "Older →" }) : null);
     tableArea.append(pager);
     if (focusedId) {
       const link = tableArea.querySelector(`tr[data-id="${focusedId}"] a`);

@@ -132,7 +132,11 @@ fn parse_time(field: &str, raw: &str) -> Result<DateTime<Utc>, ApiError> {
 }
 
 fn encode_cursor(d: &Delivery) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{}|{}", d.created_at.to_rfc3339(), d.id))
+    encode_cursor_at(d.created_at, d.id)
+}
+
+fn encode_cursor_at(at: DateTime<Utc>, id: Uuid) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}|{id}", at.to_rfc3339()))
 }
 
 fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
@@ -202,7 +206,13 @@ fn parse_filter(query: &ListQuery) -> Result<DeliveryFilter, ApiError> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DeliveryPageDto {
     deliveries: Vec<DeliveryDto>,
+    /// Set when there may be more: pass it as `cursor` for the next page.
     next_cursor: Option<String>,
+    /// Set when a filter with no index of its own (event type, stream, status code)
+    /// stopped after looking through its candidates for this page: the search reached
+    /// back to this time, and `next_cursor` goes on from there. The page may then hold
+    /// fewer deliveries than `limit`, even none.
+    searched_to: Option<DateTime<Utc>>,
 }
 
 #[utoipa::path(
@@ -237,20 +247,22 @@ async fn list_deliveries(
         .map(decode_cursor)
         .transpose()?;
     let mut conn = state.pool.get().await?;
-    let page = delivery::list(&mut conn, &filter, cursor, limit + 1).await?;
-    let more = page.len() as i64 > limit;
-    let page: Vec<Delivery> = page
+    let found = delivery::list(&mut conn, &filter, cursor, limit + 1).await?;
+    let more = found.deliveries.len() as i64 > limit;
+    let page: Vec<Delivery> = found
+        .deliveries
         .into_iter()
         .take(usize::try_from(limit).unwrap_or(0))
         .collect();
-    let next_cursor = if more {
-        page.last().map(encode_cursor)
-    } else {
-        None
+    let (next_cursor, searched_to) = match found.stopped_at {
+        _ if more => (page.last().map(encode_cursor), None),
+        Some((at, id)) => (Some(encode_cursor_at(at, id)), Some(at)),
+        None => (None, None),
     };
     Ok(HttpResponse::Ok().json(DeliveryPageDto {
         deliveries: page.into_iter().map(DeliveryDto::from).collect(),
         next_cursor,
+        searched_to,
     }))
 }
 

@@ -87,6 +87,11 @@ pub async fn run(options: ViewsOptions) -> anyhow::Result<()> {
         Call::get("/v1/deliveries?event_type=fill.3"),
         Call::get("/v1/deliveries?status_code=503"),
         Call::get("/v1/deliveries?stream=fill-42"),
+        // Rare matches: nothing in the data has them, so a filter without an index of
+        // its own would walk the whole history to fill a page.
+        Call::get("/v1/deliveries?event_type=never.seen"),
+        Call::get("/v1/deliveries?status_code=418"),
+        Call::get("/v1/deliveries?stream=never-seen"),
     ];
     if let Some(id) = &endpoint {
         calls.push(Call::get(&format!("/v1/deliveries?endpoint_id={id}")));

@@ -524,6 +524,67 @@ async fn deliveries_are_listed_newest_first_with_filters_and_cursors() {
     .await;
 }
 
+/// A filter no index answers (here the event type) looks through at most
+/// `SCAN_BUDGET` candidates per call: a rare match behind more recent deliveries than
+/// that comes on a later page, the pages before it saying how far back they searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_filter_searches_history_in_bounded_steps_and_finds_every_match() {
+    let app = spawn_app_with(|s| {
+        fast(s, "1s");
+        s.delivery_concurrency = 0;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    let budget = herald::db::models::delivery::SCAN_BUDGET as usize;
+    app.publish("s", "rare.one", json!("old")).await;
+    for chunk in 0..budget.div_ceil(1000) + 1 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"stream": "s", "type": "common", "payload": chunk * 1000 + i}))
+            .collect();
+        app.publish_batch(&events).await;
+    }
+    app.publish("s", "rare.one", json!("new")).await;
+
+    let mut found = Vec::new();
+    let mut searched = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page: Value = app
+            .get(&format!(
+                "/v1/deliveries?event_type=rare.one&limit=5&cursor={cursor}"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        for d in page["deliveries"].as_array().unwrap() {
+            found.push(d["seq"].as_i64().unwrap());
+        }
+        if let Some(to) = page["searched_to"].as_str() {
+            searched.push(to.to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+        assert!(searched.len() < 10, "the search does not end: {page}");
+    }
+    let last = (budget.div_ceil(1000) + 1) as i64 * 1000 + 2;
+    assert_eq!(found, vec![last, 1], "both matches, newest first");
+    assert!(!searched.is_empty(), "the first page stopped at its budget");
+
+    // The same filter with a status that is small by nature reads it whole at once.
+    let failed: Value = app
+        .get("/v1/deliveries?event_type=rare.one&status=pending&limit=5")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(failed["deliveries"].as_array().unwrap().len(), 2);
+    assert!(failed["searched_to"].is_null());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_replay_and_recover_replay_exactly_the_matching_deliveries() {
     let app = webhook_app("").await;

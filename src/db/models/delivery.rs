@@ -491,25 +491,102 @@ pub(super) fn filtered(filter: &DeliveryFilter) -> deliveries::BoxedQuery<'stati
     query
 }
 
+/// Candidates a filter with no index of its own (event type, stream, last status code)
+/// may look through for one page: see [`list`].
+pub const SCAN_BUDGET: i64 = 10_000;
+
+impl DeliveryFilter {
+    /// The filter without the parts no index answers (event type, stream, status code),
+    /// if it has any and the rest does not already narrow the rows to a small set.
+    fn indexed_part(&self) -> Option<Self> {
+        let unindexed =
+            self.event_type.is_some() || self.stream.is_some() || self.status_code.is_some();
+        let small = self.replay_id.is_some()
+            || matches!(
+                self.status.as_deref(),
+                Some("failed" | "pending" | "delivering")
+            );
+        (unindexed && !small).then(|| Self {
+            event_type: None,
+            stream: None,
+            status_code: None,
+            ..self.clone()
+        })
+    }
+}
+
+/// Rows strictly older than the keyset cursor `(created_at, id)`.
+fn older_than(
+    query: deliveries::BoxedQuery<'static, diesel::pg::Pg>,
+    (at, id): (DateTime<Utc>, Uuid),
+) -> deliveries::BoxedQuery<'static, diesel::pg::Pg> {
+    query.filter(
+        deliveries::created_at
+            .lt(at)
+            .or(deliveries::created_at.eq(at).and(deliveries::id.lt(id))),
+    )
+}
+
+/// A page of [`list`].
+#[derive(Debug)]
+pub struct ListPage {
+    /// Matches, newest first.
+    pub deliveries: Vec<Delivery>,
+    /// Where the search stopped without finding a full page: the oldest candidate it
+    /// looked at (a cursor to go on from).
+    pub stopped_at: Option<(DateTime<Utc>, Uuid)>,
+}
+
 /// Newest first, after the keyset cursor `(created_at, id)` if given.
+///
+/// A filter that no index answers is checked row by row along the newest-first order; a
+/// rare match would walk the whole history. So such a search looks at no more than
+/// [`SCAN_BUDGET`] candidates (the rows matching the rest of the filter) per call: if
+/// they hold fewer than `limit` matches, the page says where it stopped, and the caller
+/// goes on from there with the next call.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     filter: &DeliveryFilter,
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
-) -> QueryResult<Vec<Delivery>> {
+) -> QueryResult<ListPage> {
+    let boundary: Option<(DateTime<Utc>, Uuid)> = match filter.indexed_part() {
+        None => None,
+        Some(candidates) => {
+            let mut query = filtered(&candidates);
+            if let Some(cursor) = cursor {
+                query = older_than(query, cursor);
+            }
+            query
+                .order((deliveries::created_at.desc(), deliveries::id.desc()))
+                .offset(SCAN_BUDGET - 1)
+                .limit(1)
+                .select((deliveries::created_at, deliveries::id))
+                .first(conn)
+                .await
+                .optional()?
+        }
+    };
     let mut query = filtered(filter);
-    if let Some((at, id)) = cursor {
+    if let Some(cursor) = cursor {
+        query = older_than(query, cursor);
+    }
+    if let Some((at, id)) = boundary {
         query = query.filter(
             deliveries::created_at
-                .lt(at)
-                .or(deliveries::created_at.eq(at).and(deliveries::id.lt(id))),
+                .gt(at)
+                .or(deliveries::created_at.eq(at).and(deliveries::id.ge(id))),
         );
     }
-    query
+    let deliveries: Vec<Delivery> = query
         .order((deliveries::created_at.desc(), deliveries::id.desc()))
         .limit(limit)
         .select(Delivery::as_select())
         .load(conn)
-        .await
+        .await?;
+    let stopped_at = boundary.filter(|_| (deliveries.len() as i64) < limit);
+    Ok(ListPage {
+        deliveries,
+        stopped_at,
+    })
 }
