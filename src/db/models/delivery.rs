@@ -516,11 +516,15 @@ impl DeliveryFilter {
 }
 
 /// Rows strictly older than the keyset cursor `(created_at, id)`.
+///
+/// The plain `created_at <= at` is implied by the rest, and is there for the planner: it
+/// is the index condition that starts the newest-first walk at the cursor (the `OR`
+/// alone would only be checked row by row).
 fn older_than(
     query: deliveries::BoxedQuery<'static, diesel::pg::Pg>,
     (at, id): (DateTime<Utc>, Uuid),
 ) -> deliveries::BoxedQuery<'static, diesel::pg::Pg> {
-    query.filter(
+    query.filter(deliveries::created_at.le(at)).filter(
         deliveries::created_at
             .lt(at)
             .or(deliveries::created_at.eq(at).and(deliveries::id.lt(id))),
@@ -572,7 +576,9 @@ pub async fn list(
         query = older_than(query, cursor);
     }
     if let Some((at, id)) = boundary {
-        query = query.filter(
+        // `created_at >= at` stops the walk at the boundary (an index condition); the `OR`
+        // alone is a row filter, and a rare match would walk on to the first day.
+        query = query.filter(deliveries::created_at.ge(at)).filter(
             deliveries::created_at
                 .gt(at)
                 .or(deliveries::created_at.eq(at).and(deliveries::id.ge(id))),
