@@ -32,28 +32,41 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(replay_delivery);
 }
 
-/// A delivery as the API shows it.
+/// A delivery's fields, as the list and the detail show them.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct DeliveryDto {
+pub struct DeliveryFields {
+    /// Delivery id.
     id: Uuid,
+    /// The event (its id is the webhook's `webhook-id`).
     event_id: Uuid,
+    /// The endpoint.
     endpoint_id: Uuid,
+    /// The event's stream.
     stream: String,
+    /// The event's seq.
     seq: i64,
+    /// The event's type.
     event_type: String,
+    /// pending, delivering, succeeded or failed.
     status: String,
-    attempts: i32,
+    /// When the next attempt is due (pending).
     next_attempt_at: Option<DateTime<Utc>>,
+    /// Status code of the last answer.
     last_status_code: Option<i32>,
+    /// Why the last attempt failed.
     last_error: Option<String>,
+    /// Created.
     created_at: DateTime<Utc>,
+    /// Last changed.
     updated_at: DateTime<Utc>,
+    /// The bulk replay or recover that last made it due.
     replay_id: Option<Uuid>,
 }
 
-impl From<Delivery> for DeliveryDto {
-    fn from(d: Delivery) -> Self {
-        Self {
+impl DeliveryFields {
+    /// The fields, and the number of attempts made.
+    fn of(d: Delivery) -> (Self, i32) {
+        let fields = Self {
             id: d.id,
             event_id: d.event_id,
             endpoint_id: d.endpoint_id,
@@ -61,13 +74,47 @@ impl From<Delivery> for DeliveryDto {
             seq: d.seq,
             event_type: d.event_type,
             status: d.status,
-            attempts: d.attempts,
             next_attempt_at: d.next_attempt_at,
             last_status_code: d.last_status_code,
             last_error: d.last_error,
             created_at: d.created_at,
             updated_at: d.updated_at,
             replay_id: d.replay_id,
+        };
+        (fields, d.attempts)
+    }
+}
+
+/// A delivery as the list shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryDto {
+    #[serde(flatten)]
+    fields: DeliveryFields,
+    /// Attempts made so far.
+    attempts: i32,
+}
+
+impl From<Delivery> for DeliveryDto {
+    fn from(d: Delivery) -> Self {
+        let (fields, attempts) = DeliveryFields::of(d);
+        Self { fields, attempts }
+    }
+}
+
+/// A delivery with its attempts (`GET /v1/deliveries/{id}`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    fields: DeliveryFields,
+    /// Every attempt, oldest first (the list has their number here).
+    attempts: Vec<AttemptDto>,
+}
+
+impl DeliveryDetail {
+    fn new(d: Delivery, attempts: Vec<Attempt>) -> Self {
+        Self {
+            fields: DeliveryFields::of(d).0,
+            attempts: attempts.into_iter().map(AttemptDto::from).collect(),
         }
     }
 }
@@ -104,6 +151,33 @@ impl From<Attempt> for AttemptDto {
             error_detail: a.error_detail,
         }
     }
+}
+
+/// `202` to a single replay.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayRequested {
+    /// The delivery.
+    pub id: Uuid,
+    /// `pending`: due now.
+    pub status: &'static str,
+}
+
+/// `202` to a bulk replay.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BulkReplayed {
+    /// How many deliveries were made due.
+    pub replayed: usize,
+    /// Follow it at `GET /v1/replays/{replay_id}`.
+    pub replay_id: Uuid,
+}
+
+/// `200` to a bulk replay's dry run.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BulkReplayPreview {
+    /// Always 0.
+    pub replayed: i64,
+    /// How many deliveries match (not counting those in flight).
+    pub matched: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,7 +344,7 @@ async fn list_deliveries(
     tag = "deliveries",
     summary = "A delivery with every attempt",
     params(("id" = uuid::Uuid, Path, description = "Delivery id")),
-    responses((status = 200, description = "The delivery; attempts is the list of attempts", body = super::openapi::DeliveryDetail), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "The delivery; attempts is the list of attempts", body = DeliveryDetail), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/deliveries/{id}")]
 async fn get_delivery(
@@ -286,25 +360,14 @@ async fn get_delivery(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no delivery with id {id}")))?;
     let attempts = attempt::attempts_of(&mut conn, id).await?;
-    // The delivery's fields, with `attempts` as the list of attempts (not their count,
-    // which the list gives).
-    let mut detail = match serde_json::to_value(DeliveryDto::from(found)) {
-        Ok(Value::Object(map)) => map,
-        _ => return Err(ApiError::Internal("a delivery did not serialize".into())),
-    };
-    let attempts: Vec<AttemptDto> = attempts.into_iter().map(AttemptDto::from).collect();
-    detail.insert(
-        "attempts".into(),
-        serde_json::to_value(attempts).map_err(|e| ApiError::Internal(e.to_string()))?,
-    );
-    Ok(HttpResponse::Ok().json(Value::Object(detail)))
+    Ok(HttpResponse::Ok().json(DeliveryDetail::new(found, attempts)))
 }
 
 #[utoipa::path(
     tag = "deliveries",
     summary = "Attempt a delivery again now",
     params(("id" = uuid::Uuid, Path, description = "Delivery id")),
-    responses((status = 202, description = "Due now", body = super::openapi::ReplayRequested), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Being attempted right now", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "Due now", body = ReplayRequested), super::openapi::AuthErrors, (status = 404, description = "No such delivery", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "Being attempted right now", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/deliveries/{id}/replay")]
 async fn replay_delivery(
@@ -323,7 +386,10 @@ async fn replay_delivery(
         )),
         Some(true) => {
             state.notifier.deliveries_due();
-            Ok(HttpResponse::Accepted().json(serde_json::json!({"id": id, "status": "pending"})))
+            Ok(HttpResponse::Accepted().json(ReplayRequested {
+                id,
+                status: "pending",
+            }))
         }
     }
 }
@@ -345,7 +411,7 @@ const FILTER_FIELDS: [&str; 8] = [
     tag = "deliveries",
     summary = "Replay every delivery matching a filter (or count them)",
     request_body(content = super::openapi::BulkReplay, content_type = "application/json"),
-    responses((status = 202, description = "Replayed: {replayed, replay_id}", body = super::openapi::BulkReplayed), (status = 200, description = "dry_run: how many match", body = super::openapi::BulkReplayPreview), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
+    responses((status = 202, description = "Replayed: {replayed, replay_id}", body = BulkReplayed), (status = 200, description = "dry_run: how many match", body = BulkReplayPreview), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/deliveries/replay")]
 async fn replay_deliveries(
@@ -403,7 +469,10 @@ async fn replay_deliveries(
     let mut conn = state.pool.get().await?;
     if dry_run {
         let matched = replay::count_replayable(&mut conn, &filter).await?;
-        return Ok(HttpResponse::Ok().json(serde_json::json!({"replayed": 0, "matched": matched})));
+        return Ok(HttpResponse::Ok().json(BulkReplayPreview {
+            replayed: 0,
+            matched,
+        }));
     }
     let replay = Replay::new("filter", Value::Object(raw.clone()), principal.key_id);
     let replay_id = replay.id;
@@ -411,8 +480,10 @@ async fn replay_deliveries(
     if replayed > 0 {
         state.notifier.deliveries_due();
     }
-    Ok(HttpResponse::Accepted()
-        .json(serde_json::json!({"replayed": replayed, "replay_id": replay_id})))
+    Ok(HttpResponse::Accepted().json(BulkReplayed {
+        replayed,
+        replay_id,
+    }))
 }
 
 /// Parses an RFC 3339 time for `field`.

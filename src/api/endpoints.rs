@@ -449,7 +449,7 @@ async fn rotate_endpoint_secret(
     summary = "Send the endpoint every event of a window it has not received",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = super::openapi::RecoverWindow, content_type = "application/json"),
-    responses((status = 202, description = "{recovered, replay_id}", body = super::openapi::Recovered), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "{recovered, replay_id}", body = Recovered), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/recover")]
 async fn recover_endpoint(
@@ -484,25 +484,63 @@ async fn recover_endpoint(
             "the endpoint is disabled; enable it before recovering its events".into(),
         ));
     }
-    let criteria = serde_json::json!({
-        "endpoint_id": id,
-        "since": since.to_rfc3339(),
-        "until": until.to_rfc3339(),
-    });
+    let criteria = serde_json::to_value(RecoverCriteria {
+        endpoint_id: id,
+        since: since.to_rfc3339(),
+        until: until.to_rfc3339(),
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let replay = Replay::new("recover", criteria, principal.key_id);
     let replay_id = replay.id;
     let recovered = recover(&mut conn, id, since, until, replay).await?;
     if recovered > 0 {
         state.notifier.deliveries_due();
     }
-    Ok(HttpResponse::Accepted()
-        .json(serde_json::json!({"recovered": recovered, "replay_id": replay_id})))
+    Ok(HttpResponse::Accepted().json(Recovered {
+        recovered,
+        replay_id,
+    }))
+}
+
+/// `202` to a recover.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Recovered {
+    /// How many deliveries were made due or created.
+    pub recovered: usize,
+    /// Follow it at `GET /v1/replays/{replay_id}`.
+    pub replay_id: Uuid,
+}
+
+/// What a recover replayed, as its replay record keeps it.
+#[derive(Debug, Serialize)]
+struct RecoverCriteria {
+    endpoint_id: Uuid,
+    since: String,
+    until: String,
+}
+
+/// A test event's payload when the request names none.
+#[derive(Debug, Serialize)]
+struct DefaultTestPayload {
+    message: &'static str,
+    endpoint_id: Uuid,
 }
 
 /// The stream test events are stored in.
 pub const TEST_STREAM: &str = "herald:test";
 /// Their type unless the request names one.
 pub const TEST_EVENT_TYPE: &str = "herald.test";
+
+/// `202` to a test event.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TestEventSent {
+    /// The stored event.
+    pub event_id: Uuid,
+    /// Its one delivery: follow it at `GET /v1/deliveries/{delivery_id}`.
+    pub delivery_id: Uuid,
+    /// `herald:test`.
+    pub stream: &'static str,
+}
 
 /// `POST /v1/endpoints/{id}/test`: stores a test event in `herald:test` with a delivery to
 /// this endpoint only, sent and recorded like any other. The body may be empty, or name an
@@ -512,7 +550,7 @@ pub const TEST_EVENT_TYPE: &str = "herald.test";
     summary = "Send the endpoint a test event (herald:test stream, to it only)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = super::openapi::TestEvent, content_type = "application/json"),
-    responses((status = 202, description = "{event_id, delivery_id, stream}", body = super::openapi::TestEventSent), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "{event_id, delivery_id, stream}", body = TestEventSent), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/test")]
 async fn send_test_event(
@@ -540,14 +578,14 @@ async fn send_test_event(
         Some(t) => t,
         None => EventType::parse(TEST_EVENT_TYPE).map_err(ApiError::Internal)?,
     };
-    let payload = payload.unwrap_or_else(|| {
-        serde_json::json!({
-            "message": "A test event from Herald",
-            "endpoint_id": id,
-        })
-    });
-    let payload = serde_json::value::to_raw_value(&payload)
-        .map_err(|e| ApiError::invalid("payload", e.to_string()))?;
+    let payload = match payload {
+        Some(payload) => serde_json::value::to_raw_value(&payload),
+        None => serde_json::value::to_raw_value(&DefaultTestPayload {
+            message: "A test event from Herald",
+            endpoint_id: id,
+        }),
+    }
+    .map_err(|e| ApiError::invalid("payload", e.to_string()))?;
     let stream = crate::domain::StreamName::parse(TEST_STREAM).map_err(ApiError::Internal)?;
     let pending = PendingEvent::new(stream, event_type, RawJson(payload));
     let mut conn = state.pool.get().await?;
@@ -572,9 +610,9 @@ async fn send_test_event(
         pending_deliveries: 1,
         ..event::Stored::default()
     });
-    Ok(HttpResponse::Accepted().json(serde_json::json!({
-        "event_id": event_id,
-        "delivery_id": delivery_id,
-        "stream": TEST_STREAM,
-    })))
+    Ok(HttpResponse::Accepted().json(TestEventSent {
+        event_id,
+        delivery_id,
+        stream: TEST_STREAM,
+    }))
 }

@@ -3,10 +3,17 @@
 use actix_web::get;
 use actix_web::{HttpResponse, web};
 use diesel_async::RunQueryDsl as _;
-use serde_json::json;
+use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::startup::AppState;
+
+/// `{"status": "ok"}` (alive) or `{"status": "ready"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` or `ready`.
+    pub status: &'static str,
+}
 
 /// Registers the routes (each documented by its `#[utoipa::path]`).
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
@@ -16,18 +23,18 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[utoipa::path(
     tag = "operations",
     summary = "The process is up",
-    responses((status = 200, description = "Alive", body = Object)),
+    responses((status = 200, description = "Alive", body = Health)),
     security(()),
 )]
 #[get("/healthz")]
 async fn get_healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 #[utoipa::path(
     tag = "operations",
     summary = "The database can be reached",
-    responses((status = 200, description = "Ready", body = Object), super::openapi::Unavailable),
+    responses((status = 200, description = "Ready", body = Health), super::openapi::Unavailable),
     security(()),
 )]
 #[get("/readyz")]
@@ -37,5 +44,5 @@ async fn get_readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
         .execute(&mut conn)
         .await
         .map_err(ApiError::database_unavailable)?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(Health { status: "ready" }))
 }

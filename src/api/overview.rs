@@ -2,8 +2,9 @@
 
 use actix_web::get;
 use actix_web::{HttpResponse, web};
-use chrono::Utc;
-use serde_json::{Map, Value, json};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
 
 use crate::auth::Principal;
 use crate::db::models::overview;
@@ -18,7 +19,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 #[utoipa::path(
     tag = "deliveries",
     summary = "Deliveries by status, the backlog and endpoint health",
-    responses((status = 200, description = "The overview", body = super::openapi::Overview), super::openapi::AuthErrors, super::openapi::Unavailable),
+    responses((status = 200, description = "The overview", body = Overview), super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[get("/overview")]
 async fn get_overview(
@@ -31,39 +32,125 @@ async fn get_overview(
     let backlog = overview::backlog(&mut conn).await?;
     let endpoints = overview::endpoint_health(&mut conn).await?;
     let by = |pick: fn(&overview::StatusCount) -> i64| {
-        let mut map: Map<String, Value> = ["pending", "delivering", "succeeded", "failed"]
-            .iter()
-            .map(|s| ((*s).to_owned(), json!(0)))
-            .collect();
+        let mut by_status = StatusCounts::default();
         for c in &counts {
-            map.insert(c.status.clone(), json!(pick(c)));
+            let n = pick(c);
+            match c.status.as_str() {
+                "pending" => by_status.pending = n,
+                "delivering" => by_status.delivering = n,
+                "succeeded" => by_status.succeeded = n,
+                "failed" => by_status.failed = n,
+                _ => {}
+            }
         }
-        Value::Object(map)
+        by_status
     };
     let now = Utc::now();
-    Ok(HttpResponse::Ok().json(json!({
-        "deliveries": {"last_hour": by(|c| c.last_hour), "last_day": by(|c| c.last_day)},
-        "backlog": {
-            "due": backlog.due,
-            "pending": backlog.pending,
-            "delivering": backlog.delivering,
-            "oldest_due_age_seconds": backlog.oldest_due_at.map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0),
+    Ok(HttpResponse::Ok().json(Overview {
+        deliveries: OverviewDeliveries {
+            last_hour: by(|c| c.last_hour),
+            last_day: by(|c| c.last_day),
         },
-        "endpoints": endpoints.into_iter().map(|e| {
-            let finished = e.succeeded_24h + e.failed_24h;
-            json!({
-                "id": e.id,
-                "url": e.url,
-                "enabled": e.enabled,
-                "disabled_reason": e.disabled_reason,
-                "failing_since": e.failing_since,
-                "last_success_at": e.last_success_at,
-                "succeeded_24h": e.succeeded_24h,
-                "failed_24h": e.failed_24h,
-                "success_rate_24h": (finished > 0).then(|| e.succeeded_24h as f64 / finished as f64),
-                "backlog": e.backlog,
-                "last_error": e.last_error,
-            })
-        }).collect::<Vec<_>>(),
-    })))
+        backlog: OverviewBacklog {
+            due: backlog.due,
+            pending: backlog.pending,
+            delivering: backlog.delivering,
+            oldest_due_age_seconds: backlog
+                .oldest_due_at
+                .map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0),
+        },
+        endpoints: endpoints.into_iter().map(EndpointHealth::from).collect(),
+    }))
+}
+
+impl From<overview::EndpointHealth> for EndpointHealth {
+    fn from(e: overview::EndpointHealth) -> Self {
+        let finished = e.succeeded_24h + e.failed_24h;
+        Self {
+            id: e.id,
+            url: e.url,
+            enabled: e.enabled,
+            disabled_reason: e.disabled_reason,
+            failing_since: e.failing_since,
+            last_success_at: e.last_success_at,
+            succeeded_24h: e.succeeded_24h,
+            failed_24h: e.failed_24h,
+            success_rate_24h: (finished > 0).then(|| e.succeeded_24h as f64 / finished as f64),
+            backlog: e.backlog,
+            last_error: e.last_error,
+        }
+    }
+}
+
+/// `GET /v1/overview`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Overview {
+    /// Deliveries by status.
+    pub deliveries: OverviewDeliveries,
+    /// The queue.
+    pub backlog: OverviewBacklog,
+    /// Every endpoint's health.
+    pub endpoints: Vec<EndpointHealth>,
+}
+
+/// Deliveries created in the last hour and day, by their status now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OverviewDeliveries {
+    /// Last hour.
+    pub last_hour: StatusCounts,
+    /// Last 24 hours.
+    pub last_day: StatusCounts,
+}
+
+/// Deliveries by status.
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct StatusCounts {
+    /// Pending.
+    pub pending: i64,
+    /// Being attempted.
+    pub delivering: i64,
+    /// Succeeded.
+    pub succeeded: i64,
+    /// Failed for good.
+    pub failed: i64,
+}
+
+/// The webhook queue now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OverviewBacklog {
+    /// Pending deliveries whose time has come.
+    pub due: i64,
+    /// Pending, including those waiting for a retry.
+    pub pending: i64,
+    /// Being attempted.
+    pub delivering: i64,
+    /// How long the oldest due delivery has waited.
+    pub oldest_due_age_seconds: Option<f64>,
+}
+
+/// One endpoint's health.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EndpointHealth {
+    /// Endpoint id.
+    pub id: Uuid,
+    /// Its URL.
+    pub url: String,
+    /// Whether it receives anything.
+    pub enabled: bool,
+    /// Why it was disabled.
+    pub disabled_reason: Option<String>,
+    /// Failing since (no success since then).
+    pub failing_since: Option<DateTime<Utc>>,
+    /// Its last success.
+    pub last_success_at: Option<DateTime<Utc>>,
+    /// Deliveries created in the last 24 h that succeeded.
+    pub succeeded_24h: i64,
+    /// ... that failed for good.
+    pub failed_24h: i64,
+    /// succeeded / (succeeded + failed), if any finished.
+    pub success_rate_24h: Option<f64>,
+    /// Deliveries pending or in flight.
+    pub backlog: i64,
+    /// The last error recorded for it.
+    pub last_error: Option<String>,
 }

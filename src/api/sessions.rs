@@ -15,10 +15,12 @@ use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use chrono::{SubsecRound as _, Utc};
+use chrono::{DateTime, SubsecRound as _, Utc};
 use rand::RngCore as _;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
+use uuid::Uuid;
 
 use super::body::read_json;
 use super::fields::Fields;
@@ -75,11 +77,26 @@ fn session_cookie(req: &HttpRequest, value: String, max_age: Duration) -> Cookie
     cookie
 }
 
+/// A console session.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Session)]
+pub struct SessionInfo {
+    /// The admin key it was made with.
+    pub key_id: Uuid,
+    /// That key's public prefix (`GET` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+    /// Send it as `X-CSRF-Token` on every state-changing request.
+    pub csrf_token: String,
+    /// When the session ends.
+    pub expires_at: DateTime<Utc>,
+}
+
 #[utoipa::path(
     tag = "console",
     summary = "Sign in to the console with an admin key",
     request_body(content = super::openapi::SignIn, content_type = "application/json"),
-    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = super::openapi::Session), super::openapi::BodyErrors, (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = SessionInfo), super::openapi::BodyErrors, (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
     security(()),
 )]
 #[post("/sessions")]
@@ -138,17 +155,18 @@ async fn create_session(
     session::purge_expired(&mut conn).await?;
     Ok(HttpResponse::Created()
         .cookie(session_cookie(&req, token, SESSION_TTL))
-        .json(json!({
-            "key_id": key.id,
-            "csrf_token": record.csrf_token,
-            "expires_at": record.expires_at,
-        })))
+        .json(SessionInfo {
+            key_id: key.id,
+            key_prefix: None,
+            csrf_token: record.csrf_token,
+            expires_at: record.expires_at,
+        }))
 }
 
 #[utoipa::path(
     tag = "console",
     summary = "The current session and its CSRF token",
-    responses((status = 200, description = "The session", body = super::openapi::Session), (status = 401, description = "Not signed in", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "The session", body = SessionInfo), (status = 401, description = "Not signed in", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/sessions/current")]
 async fn get_session(
@@ -169,12 +187,12 @@ async fn get_session(
             ),
         ));
     };
-    Ok(HttpResponse::Ok().json(json!({
-        "key_id": key.id,
-        "key_prefix": key.key_prefix,
-        "csrf_token": record.csrf_token,
-        "expires_at": record.expires_at,
-    })))
+    Ok(HttpResponse::Ok().json(SessionInfo {
+        key_id: key.id,
+        key_prefix: Some(key.key_prefix),
+        csrf_token: record.csrf_token,
+        expires_at: record.expires_at,
+    }))
 }
 
 #[utoipa::path(
