@@ -460,6 +460,18 @@ async fn deliveries_are_listed_newest_first_with_filters_and_cursors() {
     let all = all["deliveries"].as_array().unwrap().clone();
     assert_eq!(all.len(), 6);
     assert_eq!(all[0]["stream"], "b:1", "newest first");
+    // Delivery ids are UUIDv7, so new ones go to the right edge of the primary key's
+    // index: their milliseconds do not increase along the newest-first list.
+    let millis: Vec<u64> = all
+        .iter()
+        .map(|d| {
+            let id = uuid::Uuid::parse_str(d["id"].as_str().unwrap()).unwrap();
+            assert_eq!(id.get_version_num(), 7, "delivery id {id}");
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            secs * 1000 + u64::from(nanos / 1_000_000)
+        })
+        .collect();
+    assert!(millis.windows(2).all(|w| w[0] >= w[1]), "{millis:?}");
 
     let mine: Value = app
         .get(&format!(

@@ -89,7 +89,7 @@ macro_rules! fan_out_from_ev {
                INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
                                        attempts, next_attempt_at, lease_until, claim_token, \
                                        last_error, created_at, updated_at) \
-               SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, x.status, \
+               SELECT herald_uuid7(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, x.status, \
                       CASE WHEN x.status = 'delivering' THEN 1 ELSE 0 END, \
                       CASE WHEN e.enabled THEN now() END, \
                       CASE WHEN x.status = 'delivering' THEN now() + make_interval(secs => $9) END, \

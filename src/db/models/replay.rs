@@ -181,7 +181,7 @@ pub async fn recover(
             "INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
                                      next_attempt_at, replay_requested, replay_requested_by, \
                                      replay_id, created_at, updated_at) \
-             SELECT gen_random_uuid(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, 'pending', \
+             SELECT herald_uuid7(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, 'pending', \
                     now(), true, $4, $5, clock_timestamp(), now() \
                FROM events ev JOIN endpoints e ON e.id = $1 \
               WHERE ev.created_at >= $2 AND ev.created_at < $3 AND ",
