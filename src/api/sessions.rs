@@ -198,7 +198,7 @@ async fn get_session(
 #[utoipa::path(
     tag = "console",
     summary = "Sign out",
-    responses((status = 204, description = "Signed out; cookie cleared"), super::openapi::AuthErrors, super::openapi::Unavailable),
+    responses((status = 204, description = "Signed out; cookie cleared"), super::openapi::AuthErrors, (status = 422, description = "Not a console session (a key signs nothing out)", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[delete("/sessions/current")]
 async fn delete_session(

@@ -54,6 +54,7 @@ async fn every_documented_route_is_served_and_the_ui_works_offline() {
 
     let paths = doc["paths"].as_object().unwrap();
     let mut operations = 0;
+    let mut checked = 0;
     for (path, item) in paths {
         for (method, operation) in item.as_object().unwrap() {
             operations += 1;
@@ -80,15 +81,47 @@ async fn every_documented_route_is_served_and_the_ui_works_offline() {
             let answer = request.send().await.unwrap();
             let status = answer.status().as_u16();
             assert_ne!(status, 405, "{method} {concrete}: method not routed");
+            let media = answer
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if !media.ends_with("json") {
+                continue; // a stream, a page, the metrics text: not JSON to check
+            }
+            let body = answer.text().await.unwrap();
             if status == 404 {
-                let body = answer.text().await.unwrap();
                 assert!(
                     !body.contains("no route for"),
                     "{method} {concrete} is documented but not served: {body}"
                 );
             }
+            // The answer is what the document says for its status and media type.
+            let documented = &responses
+                .get(&status.to_string())
+                .unwrap_or_else(|| panic!("{method} {path}: {status} is not documented: {body}"))["content"]
+                [&media]["schema"];
+            assert!(
+                documented.is_object(),
+                "{method} {path}: no {media} schema documented for {status}"
+            );
+            assert_matches_schema(
+                &doc,
+                documented,
+                &body,
+                &format!("{method} {path} {status}"),
+            );
+            checked += 1;
         }
     }
+    assert!(
+        checked >= 28,
+        "{checked} answers checked against their schemas"
+    );
     // 32 handlers and the two documentation routes.
     assert!(operations >= 34, "{operations} operations");
 
@@ -140,4 +173,18 @@ async fn every_documented_route_is_served_and_the_ui_works_offline() {
         !html.contains("https://"),
         "no assets from elsewhere: {html}"
     );
+}
+
+/// Validates `body` against `schema` (an operation's response schema, whose `$ref`s point
+/// into the document's components), with a JSON Schema 2020-12 validator.
+fn assert_matches_schema(doc: &Value, schema: &Value, body: &str, what: &str) {
+    let root = serde_json::json!({ "allOf": [schema], "components": doc["components"] });
+    let validator = jsonschema::validator_for(&root).unwrap();
+    let instance: Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
+    let errors: Vec<String> = validator
+        .iter_errors(&instance)
+        .map(|e| format!("{e} (at {})", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{what}: {errors:?}\n{body}");
 }
