@@ -27,6 +27,7 @@ pub mod domain;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod periodic;
 pub mod retention;
 pub mod rollup;
 pub mod startup;

@@ -154,19 +154,14 @@ pub async fn run(
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    crate::periodic::every(INTERVAL, cancel, || async {
         match purge_once(&pool, retention, &metrics).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(events = n, "purged events past retention"),
             Err(err) => tracing::warn!(error = %err, "retention purge failed; will retry"),
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

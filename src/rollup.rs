@@ -45,15 +45,10 @@ pub async fn fold_once(pool: &DbPool) -> anyhow::Result<usize> {
 
 /// Folds at startup and every [`INTERVAL`] until `cancel`.
 pub async fn run(pool: DbPool, cancel: CancellationToken) {
-    let mut ticker = tokio::time::interval(INTERVAL);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    crate::periodic::every(INTERVAL, cancel, || async {
         if let Err(err) = fold_once(&pool).await {
             tracing::warn!(error = %err, "folding the delivery counters failed; will retry");
         }
-    }
+    })
+    .await;
 }
