@@ -1,7 +1,7 @@
 //! Reading JSON request bodies with a size limit enforced while reading.
 
 use actix_web::http::header;
-use actix_web::web::{Bytes, BytesMut};
+use actix_web::web::BytesMut;
 use actix_web::{HttpRequest, web};
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
@@ -22,13 +22,13 @@ const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs
 
 /// Reads the body as JSON into `T`, refusing bodies over `limit` bytes before they are
 /// buffered whole: a `Content-Length` over the limit is refused before reading, and a
-/// chunked body is cut off as soon as it passes it. Returns the raw bytes too.
+/// chunked body is cut off as soon as it passes it. See [`parse_json`] for the errors.
 pub async fn read_json<T: DeserializeOwned>(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
     limit_name: &str,
-) -> Result<(T, Bytes), ApiError> {
+) -> Result<T, ApiError> {
     if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
         let content_type = content_type.to_str().unwrap_or("").to_ascii_lowercase();
         let essence = content_type.split(';').next().unwrap_or("").trim();
@@ -79,8 +79,145 @@ pub async fn read_json<T: DeserializeOwned>(
             "the request body is empty; send a JSON object".into(),
         ));
     }
-    let body = body.freeze();
-    let value = serde_json::from_slice(&body)
+    parse_json(&body)
+}
+
+/// For `#[serde(default, deserialize_with = "present")]` on an `Option<T>` field: a field
+/// that is present is `Some`, even when it is `null` (for `Option<Option<_>>` fields, where
+/// `null` clears a value, and for payloads, where `null` is a value).
+pub fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Parses a request body into `T`: JSON that does not parse, or is not an object, is `400`;
+/// a field of the wrong type, a missing or an unknown field is `422` naming the field by its
+/// path (`events[3].type`).
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::Malformed("the body must be a JSON object".into()));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(field_error)?;
+    deserializer
+        .end()
         .map_err(|e| ApiError::Malformed(format!("the body is not valid JSON: {e}")))?;
-    Ok((value, body))
+    Ok(value)
+}
+
+/// Turns serde's error into the problem a client can act on.
+fn field_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = error.path().to_string();
+    let inner = error.into_inner();
+    if !inner.is_data() {
+        return ApiError::Malformed(format!("the body is not valid JSON: {inner}"));
+    }
+    // serde_json appends the position; the field path says more.
+    let message = inner.to_string();
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m);
+    let parent = |name: &str| match path.as_str() {
+        "." | "" => name.to_owned(),
+        parent => format!("{parent}.{name}"),
+    };
+    if let Some(rest) = message.strip_prefix("missing field `") {
+        let name = rest.trim_end_matches('`');
+        return ApiError::invalid(parent(name), "is required");
+    }
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let known = rest.split_once("expected ").map_or("", |(_, k)| k);
+        let known = known.strip_prefix("one of ").unwrap_or(known);
+        return ApiError::invalid(
+            path,
+            format!("is not a known field (known: {})", known.replace('`', "")),
+        );
+    }
+    if let Some(rest) = message.strip_prefix("duplicate field `") {
+        let name = rest.trim_end_matches('`');
+        return ApiError::invalid(parent(name), "is given twice");
+    }
+    if path == "." {
+        return ApiError::Malformed(format!("the body does not fit this request: {message}"));
+    }
+    ApiError::invalid(path, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::parse_json;
+    use crate::error::ApiError;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        name: String,
+        #[expect(dead_code, reason = "read only to be checked")]
+        count: Option<i32>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Outer {
+        items: Vec<Inner>,
+    }
+
+    fn field(body: &str) -> (String, String) {
+        match parse_json::<Outer>(body.as_bytes()) {
+            Err(ApiError::Invalid { field, detail }) => (field, detail),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field_by_its_path() {
+        assert_eq!(
+            field(r#"{"items": [{"name": "a"}, {"name": 3}]}"#),
+            (
+                "items[1].name".into(),
+                "invalid type: integer `3`, expected a string".into()
+            )
+        );
+        assert_eq!(
+            field(r#"{"items": [{"name": "a"}, {}]}"#),
+            ("items[1].name".into(), "is required".into())
+        );
+        assert_eq!(field("{}"), ("items".into(), "is required".into()));
+        assert_eq!(
+            field(r#"{"items": [], "colour": 1}"#),
+            (
+                "colour".into(),
+                "is not a known field (known: items)".into()
+            )
+        );
+        assert_eq!(
+            field(r#"{"items": [{"name": "a", "count": 1.5}]}"#).0,
+            "items[0].count"
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_json_object_is_malformed() {
+        for body in [
+            "[1]",
+            "5",
+            "\"x\"",
+            "{\"items\": [",
+            "{\"items\": []} {}",
+            "",
+        ] {
+            assert!(
+                matches!(
+                    parse_json::<Outer>(body.as_bytes()),
+                    Err(ApiError::Malformed(_))
+                ),
+                "{body}"
+            );
+        }
+        let parsed = parse_json::<Outer>(br#" {"items": [{"name": "a"}]} "#).unwrap();
+        assert_eq!(parsed.items[0].name, "a");
+    }
 }

@@ -5,13 +5,14 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web::{get, post};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::body::read_json;
-use super::fields::Fields;
 use crate::auth::Principal;
 use crate::db::models::attempt::{self, Attempt};
 use crate::db::models::delivery::{self, Delivery, DeliveryFilter};
@@ -180,16 +181,80 @@ pub struct BulkReplayPreview {
     pub matched: i64,
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct ListQuery {
+/// Which deliveries: the list's query parameters, and a bulk replay's `filter`. Every
+/// condition is optional; empty values are ignored.
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct FilterInput {
+    /// `pending`, `delivering`, `succeeded` or `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     status: Option<String>,
+    /// An endpoint's id.
+    #[serde(skip_serializing_if = "Option::is_none")]
     endpoint_id: Option<String>,
+    /// An event type.
+    #[serde(skip_serializing_if = "Option::is_none")]
     event_type: Option<String>,
+    /// A stream.
+    #[serde(skip_serializing_if = "Option::is_none")]
     stream: Option<String>,
+    /// The last response's HTTP status (a string of it is taken too).
+    #[schema(value_type = Option<i32>)]
+    #[serde(
+        default,
+        deserialize_with = "string_or_number",
+        skip_serializing_if = "Option::is_none"
+    )]
     status_code: Option<String>,
+    /// Created at or after (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
     since: Option<String>,
+    /// Created before (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
     until: Option<String>,
+    /// Made due by this bulk replay or recover.
+    #[serde(skip_serializing_if = "Option::is_none")]
     replay_id: Option<String>,
+    /// Any other field: refused in a bulk replay's filter, ignored in a query string.
+    #[serde(flatten, skip_serializing)]
+    #[schema(ignore)]
+    other: BTreeMap<String, serde::de::IgnoredAny>,
+}
+
+impl FilterInput {
+    fn is_empty(&self) -> bool {
+        [
+            &self.status,
+            &self.endpoint_id,
+            &self.event_type,
+            &self.stream,
+            &self.status_code,
+            &self.since,
+            &self.until,
+            &self.replay_id,
+        ]
+        .iter()
+        .all(|v| v.as_deref().is_none_or(str::is_empty))
+    }
+}
+
+/// A number is taken as its decimal text (`"status_code": 500`).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        String(String),
+        Number(i64),
+    }
+    Ok(Option::<Text>::deserialize(d)?.map(|t| match t {
+        Text::String(s) => s,
+        Text::Number(n) => n.to_string(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(flatten)]
+    filter: FilterInput,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -237,7 +302,7 @@ fn optional<T>(
         .transpose()
 }
 
-fn parse_filter(query: &ListQuery) -> Result<DeliveryFilter, ApiError> {
+fn parse_filter(query: &FilterInput) -> Result<DeliveryFilter, ApiError> {
     let id = |field: &'static str, what: &'static str| {
         move |raw: &str| {
             Uuid::parse_str(raw).map_err(|_| ApiError::invalid(field, format!("must be {what}")))
@@ -305,7 +370,7 @@ async fn list_deliveries(
     let query = web::Query::<ListQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::Malformed(format!("bad query string: {e}")))?
         .into_inner();
-    let filter = parse_filter(&query)?;
+    let filter = parse_filter(&query.filter)?;
     let limit = match query.limit.as_deref() {
         None | Some("") => DEFAULT_LIMIT,
         Some(raw) => raw
@@ -396,21 +461,22 @@ async fn replay_delivery(
 
 /// The most deliveries one bulk replay touches.
 pub const MAX_BULK_REPLAY: i64 = 100_000;
-const FILTER_FIELDS: [&str; 8] = [
-    "status",
-    "endpoint_id",
-    "event_type",
-    "stream",
-    "status_code",
-    "since",
-    "until",
-    "replay_id",
-];
+
+/// A bulk replay.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkReplay {
+    /// At least one condition, as in the list's query.
+    filter: FilterInput,
+    /// Count the matching deliveries and change nothing.
+    #[serde(default)]
+    dry_run: bool,
+}
 
 #[utoipa::path(
     tag = "deliveries",
     summary = "Replay every delivery matching a filter (or count them)",
-    request_body(content = super::openapi::BulkReplay, content_type = "application/json"),
+    request_body(content = BulkReplay, content_type = "application/json"),
     responses((status = 202, description = "Replayed: {replayed, replay_id}", body = BulkReplayed), (status = 200, description = "dry_run: how many match", body = BulkReplayPreview), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/deliveries/replay")]
@@ -421,51 +487,22 @@ async fn replay_deliveries(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
-    let (body, _) = read_json::<Value>(&req, body, 16 * 1024, "16 KiB").await?;
-    let fields = Fields::new(body, &["filter", "dry_run"])?;
-    let dry_run = fields.bool("dry_run")?.unwrap_or(false);
-    let Some(Value::Object(raw)) = fields.value("filter") else {
+    let BulkReplay { filter, dry_run } = read_json(&req, body, 16 * 1024, "16 KiB").await?;
+    if let Some(other) = filter.other.keys().next() {
         return Err(ApiError::invalid(
-            "filter",
-            "is required: an object such as {\"status\": \"failed\"}",
+            format!("filter.{other}"),
+            "is not a filter (filters: status, endpoint_id, event_type, stream, status_code, \
+             since, until, replay_id)",
         ));
-    };
-    let mut query = ListQuery::default();
-    for (key, value) in raw {
-        let text = match value {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("filter.{key}"),
-                    "must be a string",
-                ));
-            }
-        };
-        match key.as_str() {
-            "status" => query.status = Some(text),
-            "endpoint_id" => query.endpoint_id = Some(text),
-            "event_type" => query.event_type = Some(text),
-            "stream" => query.stream = Some(text),
-            "status_code" => query.status_code = Some(text),
-            "since" => query.since = Some(text),
-            "until" => query.until = Some(text),
-            "replay_id" => query.replay_id = Some(text),
-            other => {
-                return Err(ApiError::invalid(
-                    format!("filter.{other}"),
-                    format!("is not a filter (filters: {})", FILTER_FIELDS.join(", ")),
-                ));
-            }
-        }
     }
-    if raw.is_empty() {
+    if filter.is_empty() {
         return Err(ApiError::invalid(
             "filter",
             "must name at least one condition, such as {\"status\": \"failed\"}",
         ));
     }
-    let filter = parse_filter(&query)?;
+    let recorded = serde_json::to_value(&filter).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let filter = parse_filter(&filter)?;
     let mut conn = state.pool.get().await?;
     if dry_run {
         let matched = replay::count_replayable(&mut conn, &filter).await?;
@@ -474,7 +511,7 @@ async fn replay_deliveries(
             matched,
         }));
     }
-    let replay = Replay::new("filter", Value::Object(raw.clone()), principal.key_id);
+    let replay = Replay::new("filter", recorded, principal.key_id);
     let replay_id = replay.id;
     let replayed = replay::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
     if replayed > 0 {

@@ -1,18 +1,19 @@
 //! `/v1/endpoints`: webhook subscriptions (admin only).
 
 use actix_web::{delete, get, patch, post};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, SubsecRound as _, Utc};
 use diesel_async::AsyncConnection as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use uuid::Uuid;
 
-use super::body::read_json;
-use super::fields::Fields;
+use super::body::{present, read_json};
 use crate::auth::Principal;
 use crate::db::RawJson;
 use crate::db::models::delivery;
@@ -45,18 +46,6 @@ const RESERVED_HEADERS: [&str; 11] = [
     "webhook-signature",
     "te",
     "upgrade",
-];
-const FIELDS: [&str; 10] = [
-    "url",
-    "description",
-    "event_types",
-    "streams",
-    "enabled",
-    "rate_limit",
-    "max_in_flight",
-    "ordered",
-    "headers",
-    "secret",
 ];
 
 /// Registers the routes (each documented by its `#[utoipa::path]`).
@@ -116,7 +105,7 @@ impl EndpointDto {
     }
 }
 
-fn parse_headers(pairs: Vec<(String, String)>) -> Result<Value, ApiError> {
+fn parse_headers(pairs: BTreeMap<String, String>) -> Result<Value, ApiError> {
     if pairs.len() > MAX_HEADERS {
         return Err(ApiError::invalid(
             "headers",
@@ -141,18 +130,63 @@ fn parse_headers(pairs: Vec<(String, String)>) -> Result<Value, ApiError> {
     Ok(Value::Object(map))
 }
 
-/// Applies the present fields of `fields` to `endpoint`, validating each.
+/// An endpoint to create, or the fields to change (all optional when changing; `url` is
+/// required when creating). Unknown fields are refused: a misspelt field is an error
+/// rather than silently ignored.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointInput {
+    /// Where webhooks are sent (`https://`, or `http://` where allowed).
+    url: Option<String>,
+    /// A note for people (at most 1000 characters).
+    description: Option<String>,
+    /// Event types it receives (at most 100); empty: all.
+    event_types: Option<Vec<String>>,
+    /// Streams or prefixes ending in `*` (at most 100); empty: every stream but `herald:*`.
+    streams: Option<Vec<String>>,
+    /// Whether it receives anything.
+    enabled: Option<bool>,
+    /// Requests per second at most (per instance, 1-100000), or null for no limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    rate_limit: Option<Option<i32>>,
+    /// Attempts in flight at once (per instance, 1-1000); not null.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = i32, required = false)]
+    max_in_flight: Option<Option<i32>>,
+    /// One delivery at a time per stream, in seq order.
+    ordered: Option<bool>,
+    /// Extra request headers (at most 20).
+    headers: Option<BTreeMap<String, String>>,
+    /// A `whsec_` signing secret to use instead of a generated one (creation only).
+    secret: Option<String>,
+}
+
+/// At most `max` items in the list field `name`.
+fn at_most<T>(name: &str, items: &Option<Vec<T>>, max: usize) -> Result<(), ApiError> {
+    match items {
+        Some(items) if items.len() > max => Err(ApiError::invalid(
+            name,
+            format!("must hold at most {max} items"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Applies the present fields of `input` to `endpoint`, validating each.
 fn apply(
-    fields: &Fields,
+    input: EndpointInput,
     endpoint: &mut Endpoint,
     guard: &DestinationGuard,
 ) -> Result<(), ApiError> {
-    if let Some(url) = fields.string("url")? {
+    at_most("event_types", &input.event_types, MAX_FILTERS)?;
+    at_most("streams", &input.streams, MAX_FILTERS)?;
+    if let Some(url) = input.url {
         endpoint.url = EndpointUrl::parse(&url, guard)
             .map_err(|d| ApiError::invalid("url", d))?
             .to_string();
     }
-    if let Some(description) = fields.string("description")? {
+    if let Some(description) = input.description {
         if description.len() > 1000 {
             return Err(ApiError::invalid(
                 "description",
@@ -161,41 +195,44 @@ fn apply(
         }
         endpoint.description = description;
     }
-    if let Some(types) = fields.strings("event_types", MAX_FILTERS)? {
+    if let Some(types) = input.event_types {
         for (i, t) in types.iter().enumerate() {
             EventType::parse(t).map_err(|d| ApiError::invalid(format!("event_types[{i}]"), d))?;
         }
         endpoint.event_types = types;
     }
-    if let Some(patterns) = fields.strings("streams", MAX_FILTERS)? {
+    if let Some(patterns) = input.streams {
         for (i, p) in patterns.iter().enumerate() {
             StreamPattern::parse(p).map_err(|d| ApiError::invalid(format!("streams[{i}]"), d))?;
         }
         endpoint.stream_patterns = patterns;
     }
-    if let Some(enabled) = fields.bool("enabled")? {
+    if let Some(enabled) = input.enabled {
         if enabled {
             endpoint.disabled_reason = None;
         }
         endpoint.enabled = enabled;
     }
-    if let Some(rate_limit) = fields.nullable_int("rate_limit", 1, 100_000)? {
-        endpoint.rate_limit = rate_limit;
-    }
-    match fields.nullable_int("max_in_flight", 1, 1000)? {
-        Some(Some(n)) => endpoint.max_in_flight = n,
-        Some(None) => {
+    if let Some(rate_limit) = input.rate_limit {
+        if rate_limit.is_some_and(|n| !(1..=100_000).contains(&n)) {
             return Err(ApiError::invalid(
-                "max_in_flight",
-                "must be a whole number from 1 to 1000",
+                "rate_limit",
+                "must be a whole number from 1 to 100000, or null",
             ));
         }
-        None => {}
+        endpoint.rate_limit = rate_limit;
     }
-    if let Some(ordered) = fields.bool("ordered")? {
+    if let Some(max_in_flight) = input.max_in_flight {
+        endpoint.max_in_flight = max_in_flight
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid("max_in_flight", "must be a whole number from 1 to 1000")
+            })?;
+    }
+    if let Some(ordered) = input.ordered {
         endpoint.ordered = ordered;
     }
-    if let Some(headers) = fields.string_map("headers")? {
+    if let Some(headers) = input.headers {
         endpoint.headers = parse_headers(headers)?;
     }
     Ok(())
@@ -208,7 +245,7 @@ fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
 #[utoipa::path(
     tag = "endpoints",
     summary = "Create a webhook endpoint (its secret is shown once)",
-    request_body(content = super::openapi::EndpointInput, content_type = "application/json"),
+    request_body(content = EndpointInput, content_type = "application/json"),
     responses((status = 201, description = "Created, with its signing secret", body = EndpointDto), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/endpoints")]
@@ -219,12 +256,11 @@ async fn create_endpoint(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
-    let (body, _) = read_json::<Value>(&req, body, 256 * 1024, "256 KiB").await?;
-    let fields = Fields::new(body, &FIELDS)?;
-    if fields.string("url")?.is_none() {
+    let mut input: EndpointInput = read_json(&req, body, 256 * 1024, "256 KiB").await?;
+    if input.url.is_none() {
         return Err(ApiError::invalid("url", "is required"));
     }
-    let secret = match fields.string("secret")? {
+    let secret = match input.secret.take() {
         Some(raw) => SigningSecret::parse(&raw).map_err(|d| ApiError::invalid("secret", d))?,
         None => SigningSecret::generate(),
     };
@@ -250,7 +286,7 @@ async fn create_endpoint(
         failing_since: None,
         last_success_at: None,
     };
-    apply(&fields, &mut endpoint, &state.settings.destinations)?;
+    apply(input, &mut endpoint, &state.settings.destinations)?;
     let mut conn = state.pool.get().await?;
     endpoint::insert(&mut conn, &endpoint).await?;
     crate::telemetry::record_id("endpoint_id", endpoint.id);
@@ -311,7 +347,7 @@ async fn get_endpoint(
     tag = "endpoints",
     summary = "Change an endpoint (also enable/disable)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    request_body(content = super::openapi::EndpointInput, content_type = "application/json"),
+    request_body(content = EndpointInput, content_type = "application/json"),
     responses((status = 200, description = "Changed", body = EndpointDto), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[patch("/endpoints/{id}")]
@@ -325,8 +361,13 @@ async fn update_endpoint(
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
     crate::telemetry::record_id("endpoint_id", id);
-    let (body, _) = read_json::<Value>(&req, body, 256 * 1024, "256 KiB").await?;
-    let fields = Fields::new(body, &FIELDS[..9])?;
+    let input: EndpointInput = read_json(&req, body, 256 * 1024, "256 KiB").await?;
+    if input.secret.is_some() {
+        return Err(ApiError::invalid(
+            "secret",
+            "cannot be changed here; POST /v1/endpoints/{id}/rotate-secret makes a new one",
+        ));
+    }
     let mut conn = state.pool.get().await?;
     let guard = state.settings.destinations.clone();
     let updated = conn
@@ -335,7 +376,7 @@ async fn update_endpoint(
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("no endpoint with id {id}")))?;
             let was_enabled = found.enabled;
-            apply(&fields, &mut found, &guard)?;
+            apply(input, &mut found, &guard)?;
             found.updated_at = Utc::now().trunc_subsecs(6);
             endpoint::save(conn, &found).await?;
             if !was_enabled && found.enabled {
@@ -390,11 +431,21 @@ struct RotatedDto {
     previous_secret_expires_at: DateTime<Utc>,
 }
 
+/// How long the previous secret keeps signing (the body is optional).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// A duration from `0s` to `7d`, like `1h`; default `24h`.
+    #[schema(example = "1h")]
+    grace: Option<String>,
+}
+
 #[utoipa::path(
     tag = "endpoints",
     summary = "New signing secret; the old one verifies for 24 h more",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    responses((status = 200, description = "The new secret (shown once)", body = RotatedDto), super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    request_body(content = Option<RotateSecret>, content_type = "application/json"),
+    responses((status = 200, description = "The new secret (shown once)", body = RotatedDto), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/rotate-secret")]
 async fn rotate_endpoint_secret(
@@ -409,9 +460,8 @@ async fn rotate_endpoint_secret(
     crate::telemetry::record_id("endpoint_id", id);
     // The body is optional: `{"grace": "1h"}` shortens or lengthens the overlap.
     let grace = if super::body::has_body(&req) {
-        let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
-        let fields = Fields::new(body, &["grace"])?;
-        match fields.string("grace")? {
+        let input: RotateSecret = read_json(&req, body, 4096, "4 KiB").await?;
+        match input.grace {
             Some(raw) => parse_duration(&raw)
                 .ok()
                 .filter(|d| *d <= MAX_ROTATION_GRACE)
@@ -444,11 +494,22 @@ async fn rotate_endpoint_secret(
     }))
 }
 
+/// The window of a recover.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverWindow {
+    /// RFC 3339; events created at or after it.
+    #[schema(example = "2026-01-31T12:00:00Z")]
+    since: String,
+    /// RFC 3339; events created before it (default: now).
+    until: Option<String>,
+}
+
 #[utoipa::path(
     tag = "endpoints",
     summary = "Send the endpoint every event of a window it has not received",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    request_body(content = super::openapi::RecoverWindow, content_type = "application/json"),
+    request_body(content = RecoverWindow, content_type = "application/json"),
     responses((status = 202, description = "{recovered, replay_id}", body = Recovered), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/recover")]
@@ -462,13 +523,9 @@ async fn recover_endpoint(
     principal.require_admin()?;
     let id = endpoint_id(&path)?;
     crate::telemetry::record_id("endpoint_id", id);
-    let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
-    let fields = Fields::new(body, &["since", "until"])?;
-    let since = fields
-        .string("since")?
-        .ok_or_else(|| ApiError::invalid("since", "is required: an RFC 3339 time"))
-        .and_then(|raw| super::deliveries::parse_rfc3339("since", &raw))?;
-    let until = match fields.string("until")? {
+    let input: RecoverWindow = read_json(&req, body, 4096, "4 KiB").await?;
+    let since = super::deliveries::parse_rfc3339("since", &input.since)?;
+    let until = match input.until {
         Some(raw) => super::deliveries::parse_rfc3339("until", &raw)?,
         None => Utc::now(),
     };
@@ -542,6 +599,18 @@ pub struct TestEventSent {
     pub stream: &'static str,
 }
 
+/// A test event (every field optional; the body may be empty).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestEvent {
+    /// Default `herald.test`.
+    event_type: Option<String>,
+    /// Any JSON value (`null` too); default: a small object naming the endpoint.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Value)]
+    payload: Option<Box<RawValue>>,
+}
+
 /// `POST /v1/endpoints/{id}/test`: stores a test event in `herald:test` with a delivery to
 /// this endpoint only, sent and recorded like any other. The body may be empty, or name an
 /// `event_type` and a `payload`.
@@ -549,7 +618,7 @@ pub struct TestEventSent {
     tag = "endpoints",
     summary = "Send the endpoint a test event (herald:test stream, to it only)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    request_body(content = super::openapi::TestEvent, content_type = "application/json"),
+    request_body(content = TestEvent, content_type = "application/json"),
     responses((status = 202, description = "{event_id, delivery_id, stream}", body = TestEventSent), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/test")]
@@ -564,13 +633,12 @@ async fn send_test_event(
     let id = endpoint_id(&path)?;
     crate::telemetry::record_id("endpoint_id", id);
     let (event_type, payload) = if super::body::has_body(&req) {
-        let (body, _) = read_json::<Value>(&req, body, 64 * 1024, "64 KiB").await?;
-        let fields = Fields::new(body, &["event_type", "payload"])?;
-        let event_type = fields
-            .string("event_type")?
+        let input: TestEvent = read_json(&req, body, 64 * 1024, "64 KiB").await?;
+        let event_type = input
+            .event_type
             .map(|raw| EventType::parse(&raw).map_err(|d| ApiError::invalid("event_type", d)))
             .transpose()?;
-        (event_type, fields.value("payload").cloned())
+        (event_type, input.payload)
     } else {
         (None, None)
     };
@@ -579,13 +647,13 @@ async fn send_test_event(
         None => EventType::parse(TEST_EVENT_TYPE).map_err(ApiError::Internal)?,
     };
     let payload = match payload {
-        Some(payload) => serde_json::value::to_raw_value(&payload),
+        Some(payload) => payload,
         None => serde_json::value::to_raw_value(&DefaultTestPayload {
             message: "A test event from Herald",
             endpoint_id: id,
-        }),
-    }
-    .map_err(|e| ApiError::invalid("payload", e.to_string()))?;
+        })
+        .map_err(|e| ApiError::Internal(e.to_string()))?,
+    };
     let stream = crate::domain::StreamName::parse(TEST_STREAM).map_err(ApiError::Internal)?;
     let pending = PendingEvent::new(stream, event_type, RawJson(payload));
     let mut conn = state.pool.get().await?;

@@ -5,7 +5,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web::{get, post};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
@@ -64,41 +64,36 @@ impl From<Event> for EventDto {
     }
 }
 
-/// One event as a producer sends it. Fields are read loosely so that a wrong or missing
-/// field is answered `422` naming it, rather than a generic parse error.
-#[derive(Debug, Deserialize)]
-struct EventInput {
-    stream: Option<serde_json::Value>,
+/// An event to publish. Fields other than these are ignored, so that producers may send
+/// envelopes that carry more.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewEvent {
+    /// The stream: 1 to 200 characters of `A-Z a-z 0-9 . _ : / -`.
+    #[schema(example = "payment:pay_123")]
+    stream: String,
+    /// The event type, same characters.
     #[serde(rename = "type")]
-    event_type: Option<serde_json::Value>,
-    #[serde(default, deserialize_with = "present")]
-    payload: Option<Box<RawValue>>,
+    #[schema(example = "payment.succeeded")]
+    event_type: String,
+    /// Any JSON value (`null` too), stored and delivered byte for byte (at most
+    /// `HERALD_MAX_PAYLOAD`).
+    #[schema(value_type = Value)]
+    payload: Box<RawValue>,
 }
 
-/// Distinguishes `"payload": null` (a valid payload) from a missing payload.
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
+/// Events to publish at once: all are stored, or none.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewEventBatch {
+    /// 1 to 1000 events.
+    events: Vec<NewEvent>,
 }
 
-#[derive(Debug, Deserialize)]
-struct BatchInput {
-    events: Option<Vec<EventInput>>,
-}
-
-fn required_string(value: Option<serde_json::Value>, field: &str) -> Result<String, ApiError> {
-    match value {
-        None => Err(ApiError::invalid(field, "is required")),
-        Some(serde_json::Value::String(s)) => Ok(s),
-        Some(_) => Err(ApiError::invalid(field, "must be a string")),
-    }
-}
-
-impl EventInput {
+impl NewEvent {
     /// Validates the event; `path` prefixes field names (`events[3].`).
     fn parse(self, path: &str, max_payload: usize) -> Result<PendingEvent, ApiError> {
         let field = |name: &str| format!("{path}{name}");
-        let stream = StreamName::parse(&required_string(self.stream, &field("stream"))?)
-            .map_err(|d| ApiError::invalid(field("stream"), d))?;
+        let stream =
+            StreamName::parse(&self.stream).map_err(|d| ApiError::invalid(field("stream"), d))?;
         if stream.is_reserved() {
             return Err(ApiError::invalid(
                 field("stream"),
@@ -108,11 +103,9 @@ impl EventInput {
                 ),
             ));
         }
-        let event_type = EventType::parse(&required_string(self.event_type, &field("type"))?)
-            .map_err(|d| ApiError::invalid(field("type"), d))?;
-        let payload = self
-            .payload
-            .ok_or_else(|| ApiError::invalid(field("payload"), "is required (any JSON value)"))?;
+        let event_type =
+            EventType::parse(&self.event_type).map_err(|d| ApiError::invalid(field("type"), d))?;
+        let payload = self.payload;
         if payload.get().len() > max_payload {
             return Err(ApiError::PayloadTooLarge(format!(
                 "{} is {} bytes; the limit is {max_payload} bytes (HERALD_MAX_PAYLOAD)",
@@ -212,7 +205,7 @@ fn respond(replayed: bool) -> actix_web::HttpResponseBuilder {
     tag = "events",
     summary = "Publish an event",
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats within 24 h return the first result")),
-    request_body(content = super::openapi::NewEvent, content_type = "application/json"),
+    request_body(content = NewEvent, content_type = "application/json"),
     responses((status = 201, description = "Stored", body = EventDto), (status = 200, description = "An idempotent repeat (Idempotent-Replayed: true)", body = EventDto), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 409, description = "Idempotency-Key reused with another body", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/events")]
@@ -225,7 +218,7 @@ async fn create_event(
     principal.require_publisher()?;
     let key = idempotency_key(&req)?;
     let limit = state.settings.max_payload + ENVELOPE_ALLOWANCE;
-    let (input, _) = read_json::<EventInput>(&req, body, limit, "HERALD_MAX_PAYLOAD").await?;
+    let input: NewEvent = read_json(&req, body, limit, "HERALD_MAX_PAYLOAD").await?;
     let pending = input.parse("", state.settings.max_payload)?;
     let (events, replayed) = store(&state, &principal, "/v1/events", key, vec![pending]).await?;
     let event = events
@@ -247,7 +240,7 @@ struct BatchDto {
     tag = "events",
     summary = "Publish up to 1000 events at once (all or nothing)",
     params(("Idempotency-Key" = Option<String>, Header, description = "Repeats within 24 h return the first result")),
-    request_body(content = super::openapi::NewEventBatch, content_type = "application/json"),
+    request_body(content = NewEventBatch, content_type = "application/json"),
     responses((status = 201, description = "Stored, in order", body = BatchDto), (status = 200, description = "An idempotent repeat", body = BatchDto), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 409, description = "Idempotency-Key reused with another body", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/events/batch")]
@@ -260,10 +253,8 @@ async fn create_events_batch(
     principal.require_publisher()?;
     let key = idempotency_key(&req)?;
     let limit = state.settings.max_batch_bytes;
-    let (input, _) = read_json::<BatchInput>(&req, body, limit, "HERALD_MAX_BATCH_BYTES").await?;
-    let inputs = input
-        .events
-        .ok_or_else(|| ApiError::invalid("events", "is required (an array of events)"))?;
+    let input: NewEventBatch = read_json(&req, body, limit, "HERALD_MAX_BATCH_BYTES").await?;
+    let inputs = input.events;
     if inputs.is_empty() || inputs.len() > MAX_BATCH {
         return Err(ApiError::invalid(
             "events",

@@ -58,13 +58,19 @@ struct CreatedKeyDto {
     secret: String,
 }
 
-#[derive(Debug, Deserialize)]
-struct CreateKeyInput {
-    role: Option<String>,
+/// An API key to create. Other fields are ignored.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct NewKey {
+    /// `admin`, `publisher` or `subscriber`.
+    role: String,
+    /// For subscribers (and optionally publishers): the stream prefixes it may use.
     #[serde(default)]
     stream_prefixes: Vec<String>,
+    /// A note for people.
     #[serde(default)]
     description: String,
+    /// Held long-polls and SSE streams it may have open per instance (1-1000000); omitted:
+    /// the instance's `HERALD_MAX_WAITERS_PER_KEY`.
     #[serde(default)]
     max_held: Option<i64>,
 }
@@ -98,7 +104,7 @@ pub fn parse_grant(role: &str, prefixes: &[String]) -> Result<(Role, Vec<String>
 #[utoipa::path(
     tag = "keys",
     summary = "Create an API key (shown once)",
-    request_body(content = super::openapi::NewKey, content_type = "application/json"),
+    request_body(content = NewKey, content_type = "application/json"),
     responses((status = 201, description = "The key, with its secret this once", body = CreatedKeyDto), super::openapi::BodyErrors, super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[post("/keys")]
@@ -109,11 +115,8 @@ async fn create_key(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
-    let (input, _) = read_json::<CreateKeyInput>(&req, body, 64 * 1024, "64 KiB").await?;
-    let role = input
-        .role
-        .ok_or_else(|| ApiError::invalid("role", "is required: admin, publisher or subscriber"))?;
-    let (role, prefixes) = parse_grant(&role, &input.stream_prefixes)?;
+    let input: NewKey = read_json(&req, body, 64 * 1024, "64 KiB").await?;
+    let (role, prefixes) = parse_grant(&input.role, &input.stream_prefixes)?;
     if input.description.len() > 1000 {
         return Err(ApiError::invalid(
             "description",

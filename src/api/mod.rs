@@ -6,7 +6,6 @@ pub mod changes;
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
-mod fields;
 pub mod health;
 pub mod keys;
 pub mod metrics;

@@ -2,13 +2,12 @@
 //!
 //! The document is generated from the code: every route is registered through
 //! `utoipa_actix_web`'s `service(...)`, which collects the `#[utoipa::path]` next to each
-//! handler, so a route cannot be served without being documented. Request bodies are read
-//! by hand (strict field checks, size limits), so their shapes are described here by the
-//! types below, which exist for the document only.
+//! handler, so a route cannot be served without being documented. Request and response
+//! schemas are the `ToSchema` of the types the handlers parse and answer, defined beside
+//! them; this module holds the document's assembly and the answers many routes share.
 
 use actix_web::get;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
@@ -101,109 +100,6 @@ pub enum Unavailable {
     Unavailable(Problem),
 }
 
-/// A page of a stream (poll, long-poll).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct StreamPage {
-    /// The events after the cursor, in seq order (none if the wait ran out).
-    pub events: Vec<super::events::EventDto>,
-    /// The cursor for the next poll: the last seq here, or the cursor given.
-    pub next_after: i64,
-}
-
-/// An event to publish.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NewEvent {
-    /// The stream: 1 to 200 characters of `A-Z a-z 0-9 . _ : / -`.
-    #[schema(example = "payment:pay_123")]
-    pub stream: String,
-    /// The event type, same characters.
-    #[schema(example = "payment.succeeded")]
-    pub r#type: String,
-    /// Any JSON value, stored and delivered byte for byte (at most `HERALD_MAX_PAYLOAD`).
-    pub payload: Value,
-}
-
-/// Events to publish at once: all are stored, or none.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NewEventBatch {
-    /// 1 to 1000 events.
-    pub events: Vec<NewEvent>,
-}
-
-/// An API key to create.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NewKey {
-    /// `admin`, `publisher` or `subscriber`.
-    pub role: String,
-    /// For subscribers (and optionally publishers): the stream prefixes it may use.
-    pub stream_prefixes: Option<Vec<String>>,
-    /// A note for people.
-    pub description: Option<String>,
-    /// Held long-polls and SSE streams it may have open per instance (1-1000000); omitted:
-    /// the instance's `HERALD_MAX_WAITERS_PER_KEY`.
-    pub max_held: Option<i64>,
-}
-
-/// An endpoint to create, or the fields to change (all optional when changing).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct EndpointInput {
-    /// Where webhooks are sent (`https://`, or `http://` where allowed).
-    pub url: String,
-    /// A note for people.
-    pub description: Option<String>,
-    /// Event types it receives; empty: all.
-    pub event_types: Option<Vec<String>>,
-    /// Streams or prefixes ending in `*`; empty: every stream but `herald:*`.
-    pub streams: Option<Vec<String>>,
-    /// Whether it receives anything.
-    pub enabled: Option<bool>,
-    /// Requests per second at most (per instance), or null for no limit.
-    pub rate_limit: Option<i32>,
-    /// Attempts in flight at once (per instance).
-    pub max_in_flight: Option<i32>,
-    /// One delivery at a time per stream, in seq order.
-    pub ordered: Option<bool>,
-    /// Extra request headers.
-    pub headers: Option<std::collections::HashMap<String, String>>,
-    /// A `whsec_` signing secret to use instead of a generated one (creation only).
-    pub secret: Option<String>,
-}
-
-/// Which deliveries a bulk replay sends again.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BulkReplay {
-    /// At least one of: `status`, `endpoint_id`, `event_type`, `stream`, `status_code`,
-    /// `since`, `until`, `replay_id` (as in the list's query).
-    pub filter: std::collections::HashMap<String, String>,
-    /// Count the matching deliveries and change nothing.
-    pub dry_run: Option<bool>,
-}
-
-/// The window of a recover.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RecoverWindow {
-    /// RFC 3339; events created at or after it.
-    pub since: String,
-    /// RFC 3339; events created before it (default: now).
-    pub until: Option<String>,
-}
-
-/// A test event (every field optional; the body may be empty).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TestEvent {
-    /// Default `herald.test`.
-    pub event_type: Option<String>,
-    /// Default: a small object naming the endpoint.
-    pub payload: Option<Value>,
-}
-
-/// A console sign-in.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SignIn {
-    /// An admin API key.
-    pub key: String,
-}
-
 /// `GET /openapi.json` (served by the Swagger UI service; described here).
 #[utoipa::path(
     get,
@@ -283,10 +179,7 @@ impl Modify for Security {
         license(name = "Apache-2.0"),
     ),
     paths(openapi_json, docs_page),
-    components(schemas(
-        Problem, NewEvent, NewEventBatch, NewKey, EndpointInput, BulkReplay, RecoverWindow,
-        TestEvent, SignIn
-    )),
+    components(schemas(Problem)),
     security(("bearer" = []), ("session" = [])),
     modifiers(&Security),
 )]

@@ -17,13 +17,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound as _, Utc};
 use rand::RngCore as _;
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use uuid::Uuid;
 
 use super::body::read_json;
-use super::fields::Fields;
 use crate::auth::{Principal, SESSION_COOKIE};
 use crate::db::models::api_key;
 use crate::db::models::session::{self, Session};
@@ -92,10 +90,18 @@ pub struct SessionInfo {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A console sign-in.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    /// An admin API key.
+    key: String,
+}
+
 #[utoipa::path(
     tag = "console",
     summary = "Sign in to the console with an admin key",
-    request_body(content = super::openapi::SignIn, content_type = "application/json"),
+    request_body(content = SignIn, content_type = "application/json"),
     responses((status = 201, description = "Session cookie set; the body has the CSRF token", body = SessionInfo), super::openapi::BodyErrors, (status = 401, description = "Wrong key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 403, description = "Not an admin key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 429, description = "Too many failed sign-ins from this address (Retry-After)", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
     security(()),
 )]
@@ -114,13 +120,9 @@ async fn create_session(
             retry_after,
         });
     }
-    let (body, _) = read_json::<Value>(&req, body, 4096, "4 KiB").await?;
-    let fields = Fields::new(body, &["key"])?;
-    let raw = fields
-        .string("key")?
-        .ok_or_else(|| ApiError::invalid("key", "is required: an admin API key"))?;
+    let input: SignIn = read_json(&req, body, 4096, "4 KiB").await?;
     let mut conn = state.pool.get().await?;
-    let key = match ApiKeySecret::parse(raw.trim()) {
+    let key = match ApiKeySecret::parse(input.key.trim()) {
         Ok(secret) => api_key::find_by_hash(&mut conn, &secret.hash()).await?,
         Err(_) => None,
     };

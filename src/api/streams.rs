@@ -260,11 +260,20 @@ pub fn unavailable(detail: &str) -> ApiError {
     }
 }
 
+/// A page of a stream (poll, long-poll).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct StreamPage {
+    /// The events after the cursor, in seq order (none if the wait ran out).
+    pub events: Vec<super::events::EventDto>,
+    /// The cursor for the next poll: the last seq here, or the cursor given.
+    pub next_after: i64,
+}
+
 #[utoipa::path(
     tag = "streams",
     summary = "Poll or long-poll a stream",
     params(("stream" = String, Path, description = "Stream name"), ("after" = Option<i64>, Query, description = "Cursor: the last seq seen (default 0)"), ("limit" = Option<i64>, Query, description = "At most this many events (1-1000, default 100)"), ("wait" = Option<String>, Query, description = "Hold up to this long for events: seconds or a number with a unit (ms, s, m, h), e.g. 25s, 500ms or 25 (or Prefer: wait=25)", example = "25s"), ("Prefer" = Option<String>, Header, description = "wait=<seconds>")),
-    responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = super::openapi::StreamPage), super::openapi::AuthErrors, (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = StreamPage), super::openapi::AuthErrors, (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/streams/{stream:.+}/events")]
 async fn list_stream_events(

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, spawn_app};
+use crate::helpers::{ADMIN_KEY, assert_problem, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_documented_route_is_served_and_the_ui_works_offline() {
@@ -175,16 +175,159 @@ async fn every_documented_route_is_served_and_the_ui_works_offline() {
     );
 }
 
+/// Every documented request body is the type the handler parses: a body the document
+/// accepts is accepted, and wrong bodies are refused by the document (where a schema can
+/// say so) and by Herald alike, with a `422` naming the field by its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_are_the_documented_types() {
+    let app = spawn_app().await;
+    let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
+    let created: Value = app
+        .post("/v1/endpoints", &json!({"url": "https://example.com/hook"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let event = json!({"stream": "orders", "type": "order.paid", "payload": null});
+    // (method, path, a good body, a bad body, the field Herald names, whether the
+    // document refuses the bad body too)
+    let cases = [
+        (
+            Method::POST,
+            "/v1/events",
+            event.clone(),
+            json!({"stream": "orders", "type": 5, "payload": 1}),
+            "type",
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/events/batch",
+            json!({"events": [event.clone(), event.clone()]}),
+            json!({"events": [event.clone(), {"stream": "orders", "type": "t"}]}),
+            "events[1].payload",
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/keys",
+            json!({"role": "publisher", "description": "ci"}),
+            json!({"role": "publisher", "max_held": "many"}),
+            "max_held",
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/endpoints",
+            json!({"url": "https://example.com/b", "rate_limit": null, "headers": {"X-Team": "pay"}}),
+            json!({"url": "https://example.com/b", "colour": "red"}),
+            "colour",
+            true,
+        ),
+        (
+            Method::PATCH,
+            "/v1/endpoints/{id}",
+            json!({"ordered": true, "max_in_flight": 3}),
+            json!({"headers": {"X-Team": 1}}),
+            "headers.X-Team",
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/endpoints/{id}/rotate-secret",
+            json!({"grace": "1h"}),
+            json!({"grace": 3600}),
+            "grace",
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/endpoints/{id}/recover",
+            json!({"since": "2026-01-01T00:00:00Z"}),
+            json!({"until": "2026-01-01T00:00:00Z"}),
+            "since",
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/endpoints/{id}/test",
+            json!({"event_type": "ping", "payload": [1, 2]}),
+            json!({"event_type": "ping", "paylaod": 1}),
+            "paylaod",
+            true,
+        ),
+        (
+            Method::POST,
+            "/v1/deliveries/replay",
+            json!({"filter": {"status": "failed", "status_code": 500}, "dry_run": true}),
+            json!({"filter": {"status": "failed", "colour": "red"}}),
+            "filter.colour",
+            false,
+        ),
+        (
+            Method::POST,
+            "/v1/sessions",
+            json!({"key": ADMIN_KEY}),
+            json!({"key": ["a"]}),
+            "key",
+            true,
+        ),
+    ];
+    for (method, template, good, bad, field, schema_refuses) in cases {
+        let path = template.replace("{id}", &id);
+        let schema = &doc["paths"][template][method.as_str().to_lowercase()]["requestBody"]["content"]
+            ["application/json"]["schema"];
+        assert!(schema.is_object(), "{method} {template}: no request schema");
+        let what = format!("{method} {template}");
+        assert!(
+            schema_errors(&doc, schema, &good).is_empty(),
+            "{what}: {good} per the document: {:?}",
+            schema_errors(&doc, schema, &good)
+        );
+        assert_eq!(
+            schema_errors(&doc, schema, &bad).is_empty(),
+            !schema_refuses,
+            "{what}: {bad} per the document"
+        );
+        let answer = app
+            .request(method.clone(), &path, ADMIN_KEY)
+            .json(&good)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_success(),
+            "{what}: {good}: {}",
+            answer.text().await.unwrap()
+        );
+        let answer = app
+            .request(method.clone(), &path, ADMIN_KEY)
+            .json(&bad)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(answer, 422, "validation").await;
+        assert_eq!(problem["field"], field, "{what}: {bad}: {problem}");
+    }
+}
+
+/// What a JSON Schema validator finds wrong with `instance` against `schema` (whose
+/// `$ref`s point into the document's components).
+fn schema_errors(doc: &Value, schema: &Value, instance: &Value) -> Vec<String> {
+    let root = json!({ "allOf": [schema], "components": doc["components"] });
+    let validator = jsonschema::validator_for(&root).unwrap();
+    validator
+        .iter_errors(instance)
+        .map(|e| format!("{e} (at {})", e.instance_path()))
+        .collect()
+}
+
 /// Validates `body` against `schema` (an operation's response schema, whose `$ref`s point
 /// into the document's components), with a JSON Schema 2020-12 validator.
 fn assert_matches_schema(doc: &Value, schema: &Value, body: &str, what: &str) {
-    let root = serde_json::json!({ "allOf": [schema], "components": doc["components"] });
-    let validator = jsonschema::validator_for(&root).unwrap();
     let instance: Value =
         serde_json::from_str(body).unwrap_or_else(|e| panic!("{what}: {e}: {body}"));
-    let errors: Vec<String> = validator
-        .iter_errors(&instance)
-        .map(|e| format!("{e} (at {})", e.instance_path()))
-        .collect();
+    let errors = schema_errors(doc, schema, &instance);
     assert!(errors.is_empty(), "{what}: {errors:?}\n{body}");
 }
