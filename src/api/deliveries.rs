@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::body::read_json;
 use crate::auth::Principal;
 use crate::db::models::attempt::{self, Attempt};
-use crate::db::models::delivery::{self, Delivery, DeliveryFilter};
+use crate::db::models::delivery::{self, Delivery, DeliveryFilter, DeliveryStatus};
 use crate::db::models::replay::{self, Replay};
 use crate::domain::{EventType, StreamName};
 use crate::error::ApiError;
@@ -23,7 +23,6 @@ use crate::startup::AppState;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
-const STATUSES: [&str; 4] = ["pending", "delivering", "succeeded", "failed"];
 
 /// Registers the routes (each documented by its `#[utoipa::path]`).
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
@@ -49,7 +48,7 @@ pub struct DeliveryFields {
     /// The event's type.
     event_type: String,
     /// pending, delivering, succeeded or failed.
-    status: String,
+    status: DeliveryStatus,
     /// When the next attempt is due (pending).
     next_attempt_at: Option<DateTime<Utc>>,
     /// Status code of the last answer.
@@ -160,7 +159,7 @@ pub struct ReplayRequested {
     /// The delivery.
     pub id: Uuid,
     /// `pending`: due now.
-    pub status: &'static str,
+    pub status: DeliveryStatus,
 }
 
 /// `202` to a bulk replay.
@@ -310,14 +309,12 @@ fn parse_filter(query: &FilterInput) -> Result<DeliveryFilter, ApiError> {
     };
     Ok(DeliveryFilter {
         status: optional(&query.status, |raw| {
-            if STATUSES.contains(&raw) {
-                Ok(raw.to_owned())
-            } else {
-                Err(ApiError::invalid(
+            DeliveryStatus::parse(raw).ok_or_else(|| {
+                ApiError::invalid(
                     "status",
-                    format!("must be one of {}", STATUSES.join(", ")),
-                ))
-            }
+                    "must be one of pending, delivering, succeeded, failed",
+                )
+            })
         })?,
         endpoint_id: optional(&query.endpoint_id, id("endpoint_id", "an endpoint id"))?,
         event_type: optional(&query.event_type, |raw| {
@@ -453,7 +450,7 @@ async fn replay_delivery(
             state.notifier.deliveries_due();
             Ok(HttpResponse::Accepted().json(ReplayRequested {
                 id,
-                status: "pending",
+                status: DeliveryStatus::Pending,
             }))
         }
     }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::db::models::delivery::DeliveryStatus;
 use crate::db::models::overview;
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -35,12 +36,11 @@ async fn get_overview(
         let mut by_status = StatusCounts::default();
         for c in &counts {
             let n = pick(c);
-            match c.status.as_str() {
-                "pending" => by_status.pending = n,
-                "delivering" => by_status.delivering = n,
-                "succeeded" => by_status.succeeded = n,
-                "failed" => by_status.failed = n,
-                _ => {}
+            match c.status {
+                DeliveryStatus::Pending => by_status.pending = n,
+                DeliveryStatus::Delivering => by_status.delivering = n,
+                DeliveryStatus::Succeeded => by_status.succeeded = n,
+                DeliveryStatus::Failed => by_status.failed = n,
             }
         }
         by_status

@@ -8,6 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::auth::Principal;
+use crate::db::models::delivery::DeliveryStatus;
 use crate::db::models::replay;
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -53,13 +54,16 @@ async fn get_replay(
     let (replay, counts) = replay::find_replay(&mut conn, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no replay with id {id}")))?;
-    let count = |status: &str| {
+    let count = |status: DeliveryStatus| {
         counts
             .iter()
-            .find(|(s, _)| s == status)
+            .find(|(s, _)| *s == status)
             .map_or(0, |(_, n)| *n)
     };
-    let (pending, delivering) = (count("pending"), count("delivering"));
+    let (pending, delivering) = (
+        count(DeliveryStatus::Pending),
+        count(DeliveryStatus::Delivering),
+    );
     Ok(HttpResponse::Ok().json(ReplayDto {
         id: replay.id,
         kind: replay.kind,
@@ -69,8 +73,8 @@ async fn get_replay(
         total: replay.total,
         pending,
         delivering,
-        succeeded: count("succeeded"),
-        failed: count("failed"),
+        succeeded: count(DeliveryStatus::Succeeded),
+        failed: count(DeliveryStatus::Failed),
         done: pending == 0 && delivering == 0,
     }))
 }

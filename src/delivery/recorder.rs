@@ -29,7 +29,7 @@ use super::outcome::{Answer, Next, next};
 use super::sender::Sent;
 use super::worker::{OPS_STREAM, Worker};
 use crate::db::models::attempt::Attempt;
-use crate::db::models::delivery::{self, Claimed, Outcome};
+use crate::db::models::delivery::{self, Claimed, DeliveryStatus, Outcome};
 use crate::db::models::endpoint;
 use crate::metrics::inc;
 
@@ -100,25 +100,25 @@ impl Worker {
         };
         let outcome = match &next_state {
             Next::Succeeded => Outcome {
-                status: "succeeded",
+                status: DeliveryStatus::Succeeded,
                 next_attempt_at: None,
                 status_code,
                 error: None,
             },
             Next::Retry(at) => Outcome {
-                status: "pending",
+                status: DeliveryStatus::Pending,
                 next_attempt_at: Some(*at),
                 status_code,
                 error,
             },
             Next::Exhausted => Outcome {
-                status: "failed",
+                status: DeliveryStatus::Failed,
                 next_attempt_at: None,
                 status_code,
                 error: error.map(|e| format!("{e} (no attempts left)")),
             },
             Next::Gone => Outcome {
-                status: "failed",
+                status: DeliveryStatus::Failed,
                 next_attempt_at: None,
                 status_code,
                 error: Some("HTTP 410: the receiver asked to stop; endpoint disabled".into()),
@@ -148,7 +148,7 @@ impl Worker {
             error_detail,
         };
         tracing::debug!(
-            status = outcome.status,
+            status = outcome.status.as_str(),
             code = attempt.response_status,
             error = attempt.error_class.as_deref(),
             duration_ms = attempt.duration_ms,

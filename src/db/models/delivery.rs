@@ -14,6 +14,79 @@ use crate::db::models::attempt::Attempt;
 use crate::db::prepared;
 use crate::db::schema::deliveries;
 
+/// Where a delivery stands: the `deliveries.status` column.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+    serde::Serialize,
+    utoipa::ToSchema,
+)]
+#[diesel(sql_type = Text)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt (`next_attempt_at`).
+    Pending,
+    /// Claimed by an instance and being attempted (`lease_until`).
+    Delivering,
+    /// The receiver answered 2xx.
+    Succeeded,
+    /// No attempts left, or the endpoint was disabled or deleted.
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Every status, in the order a delivery moves through them.
+    pub const ALL: [Self; 4] = [
+        Self::Pending,
+        Self::Delivering,
+        Self::Succeeded,
+        Self::Failed,
+    ];
+
+    /// The column's (and the API's) text.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivering => "delivering",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The status named `raw`, if it is one.
+    pub fn parse(raw: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+impl std::fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl diesel::serialize::ToSql<Text, diesel::pg::Pg> for DeliveryStatus {
+    fn to_sql<'b>(
+        &'b self,
+        out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+    ) -> diesel::serialize::Result {
+        <str as diesel::serialize::ToSql<Text, diesel::pg::Pg>>::to_sql(self.as_str(), out)
+    }
+}
+
+impl diesel::deserialize::FromSql<Text, diesel::pg::Pg> for DeliveryStatus {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let raw = <String as diesel::deserialize::FromSql<Text, diesel::pg::Pg>>::from_sql(bytes)?;
+        Self::parse(&raw).ok_or_else(|| format!("unknown delivery status {raw:?}").into())
+    }
+}
+
 /// A delivery as stored.
 #[derive(Debug, Clone, Queryable, Selectable)]
 #[diesel(table_name = deliveries, check_for_backend(diesel::pg::Pg))]
@@ -30,8 +103,8 @@ pub struct Delivery {
     pub seq: i64,
     /// The event's type.
     pub event_type: String,
-    /// pending, delivering, succeeded or failed.
-    pub status: String,
+    /// Where it stands.
+    pub status: DeliveryStatus,
     /// Attempts made.
     pub attempts: i32,
     /// When the next attempt is due (pending).
@@ -290,8 +363,8 @@ pub const RECORD_SESSION: &str = "SET synchronous_commit = off; \
 /// Where an attempt leaves its delivery.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// succeeded, pending (retry) or failed.
-    pub status: &'static str,
+    /// Succeeded, pending (a retry) or failed.
+    pub status: DeliveryStatus,
     /// For pending: when.
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// Status code received, if any.
@@ -318,7 +391,7 @@ pub async fn record_many(
     }
     let ids: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
     let tokens: Vec<Uuid> = items.iter().map(|(_, token, _)| *token).collect();
-    let statuses: Vec<&str> = items.iter().map(|(_, _, o)| o.status).collect();
+    let statuses: Vec<&str> = items.iter().map(|(_, _, o)| o.status.as_str()).collect();
     let next_at: Vec<Option<DateTime<Utc>>> =
         items.iter().map(|(_, _, o)| o.next_attempt_at).collect();
     let codes: Vec<Option<i32>> = items.iter().map(|(_, _, o)| o.status_code).collect();
@@ -416,10 +489,12 @@ pub async fn fail_unfinished(
     diesel::update(
         deliveries::table
             .filter(deliveries::endpoint_id.eq(endpoint_id))
-            .filter(deliveries::status.eq_any(["pending", "delivering"])),
+            .filter(
+                deliveries::status.eq_any([DeliveryStatus::Pending, DeliveryStatus::Delivering]),
+            ),
     )
     .set((
-        deliveries::status.eq("failed"),
+        deliveries::status.eq(DeliveryStatus::Failed),
         deliveries::last_error.eq(reason),
         deliveries::next_attempt_at.eq(None::<DateTime<Utc>>),
         deliveries::lease_until.eq(None::<DateTime<Utc>>),
@@ -444,7 +519,7 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
     /// Status.
-    pub status: Option<String>,
+    pub status: Option<DeliveryStatus>,
     /// Endpoint.
     pub endpoint_id: Option<Uuid>,
     /// Event type.
@@ -464,8 +539,8 @@ pub struct DeliveryFilter {
 /// The deliveries matching `filter`, as a query to refine.
 pub(super) fn filtered(filter: &DeliveryFilter) -> deliveries::BoxedQuery<'static, diesel::pg::Pg> {
     let mut query = deliveries::table.into_boxed();
-    if let Some(status) = &filter.status {
-        query = query.filter(deliveries::status.eq(status.clone()));
+    if let Some(status) = filter.status {
+        query = query.filter(deliveries::status.eq(status));
     }
     if let Some(endpoint_id) = filter.endpoint_id {
         query = query.filter(deliveries::endpoint_id.eq(endpoint_id));
@@ -501,11 +576,8 @@ impl DeliveryFilter {
     fn indexed_part(&self) -> Option<Self> {
         let unindexed =
             self.event_type.is_some() || self.stream.is_some() || self.status_code.is_some();
-        let small = self.replay_id.is_some()
-            || matches!(
-                self.status.as_deref(),
-                Some("failed" | "pending" | "delivering")
-            );
+        let small =
+            self.replay_id.is_some() || self.status.is_some_and(|s| s != DeliveryStatus::Succeeded);
         (unindexed && !small).then(|| Self {
             event_type: None,
             stream: None,

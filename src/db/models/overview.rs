@@ -13,12 +13,14 @@ use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUu
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use super::delivery::DeliveryStatus;
+
 /// Deliveries of one status created in the last hour and the last day.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct StatusCount {
     /// Status.
     #[diesel(sql_type = Text)]
-    pub status: String,
+    pub status: DeliveryStatus,
     /// Created in the last hour.
     #[diesel(sql_type = BigInt)]
     pub last_hour: i64,

@@ -7,7 +7,7 @@ use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::delivery::{DeliveryFilter, endpoint_matches_event, filtered, find};
+use super::delivery::{DeliveryFilter, DeliveryStatus, endpoint_matches_event, filtered, find};
 use crate::db::schema::{deliveries, replays};
 
 /// Makes a delivery due now, as a replay asked for by `by`. Returns whether it was found
@@ -20,7 +20,7 @@ pub async fn request_replay(
     let Some(delivery) = find(conn, id).await? else {
         return Ok(None);
     };
-    if delivery.status == "delivering" {
+    if delivery.status == DeliveryStatus::Delivering {
         return Ok(Some(false));
     }
     Ok(Some(replay_ids(conn, &[id], by, None).await? == 1))
@@ -37,10 +37,10 @@ async fn replay_ids(
     diesel::update(
         deliveries::table
             .filter(deliveries::id.eq_any(ids))
-            .filter(deliveries::status.ne("delivering")),
+            .filter(deliveries::status.ne(DeliveryStatus::Delivering)),
     )
     .set((
-        deliveries::status.eq("pending"),
+        deliveries::status.eq(DeliveryStatus::Pending),
         deliveries::next_attempt_at.eq(diesel::dsl::now),
         deliveries::replay_requested.eq(true),
         deliveries::replay_requested_by.eq(Some(by)),
@@ -95,7 +95,7 @@ pub async fn replay_matching(
     let filter = filter.clone();
     conn.transaction(async |conn| {
         let ids: Vec<Uuid> = filtered(&filter)
-            .filter(deliveries::status.ne("delivering"))
+            .filter(deliveries::status.ne(DeliveryStatus::Delivering))
             .select(deliveries::id)
             .limit(max)
             .load(conn)
@@ -118,7 +118,7 @@ pub async fn replay_matching(
 pub async fn find_replay(
     conn: &mut AsyncPgConnection,
     id: Uuid,
-) -> QueryResult<Option<(Replay, Vec<(String, i64)>)>> {
+) -> QueryResult<Option<(Replay, Vec<(DeliveryStatus, i64)>)>> {
     let Some(replay) = replays::table
         .find(id)
         .select(Replay::as_select())
@@ -143,7 +143,7 @@ pub async fn count_replayable(
     filter: &DeliveryFilter,
 ) -> QueryResult<i64> {
     filtered(filter)
-        .filter(deliveries::status.ne("delivering"))
+        .filter(deliveries::status.ne(DeliveryStatus::Delivering))
         .count()
         .get_result(conn)
         .await
