@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::db::models::api_key;
 use crate::domain::{ApiKeySecret, Role, StreamName};
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Failed authentications one client address may make at once ...
 pub const AUTH_FAILURE_BURST: u32 = 20;

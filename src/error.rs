@@ -259,6 +259,29 @@ fn is_unavailable_message(message: &str) -> bool {
     MARKERS.iter().any(|m| message.contains(m))
 }
 
+impl From<crate::db::DbError> for ApiError {
+    fn from(err: crate::db::DbError) -> Self {
+        match err {
+            crate::db::DbError::Pool(err) => err.into(),
+            crate::db::DbError::Query(err) => err.into(),
+        }
+    }
+}
+
+impl From<crate::ingest::IngestError> for ApiError {
+    fn from(err: crate::ingest::IngestError) -> Self {
+        use crate::ingest::IngestError;
+        match err {
+            IngestError::ShuttingDown => Self::Unavailable {
+                detail: "Herald is shutting down; the request was not applied".into(),
+                retry_after: 1,
+            },
+            IngestError::Unavailable(cause) => Self::database_unavailable(cause),
+            IngestError::Query(err) => err.into(),
+        }
+    }
+}
+
 impl From<crate::db::PoolError> for ApiError {
     fn from(err: crate::db::PoolError) -> Self {
         Self::database_unavailable(err)

@@ -24,7 +24,6 @@ use tokio::task::JoinHandle;
 
 use crate::db::Dedicated;
 use crate::db::models::event::{self, Event, PendingEvent, Stored};
-use crate::error::ApiError;
 use crate::streams::notify::Notifier;
 
 /// The session of a committer's connection: the ingest statement runs with its generic
@@ -41,7 +40,21 @@ pub const MAX_GROUP_EVENTS: usize = 1000;
 /// Requests waiting for a committer before `submit` itself waits (backpressure).
 const QUEUE_CAPACITY: usize = 4096;
 
-type Reply = oneshot::Sender<Result<Vec<Event>, ApiError>>;
+type Reply = oneshot::Sender<Result<Vec<Event>, IngestError>>;
+
+/// Why events were not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The committers have stopped (the server is shutting down).
+    #[error("Herald is shutting down")]
+    ShuttingDown,
+    /// No connection to the database.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The statement failed.
+    #[error(transparent)]
+    Query(#[from] DieselError),
+}
 
 struct Job {
     events: Vec<PendingEvent>,
@@ -87,20 +100,13 @@ impl Ingest {
     }
 
     /// Stores `events` atomically, returning them as stored once they are committed.
-    pub async fn submit(&self, events: Vec<PendingEvent>) -> Result<Vec<Event>, ApiError> {
+    pub async fn submit(&self, events: Vec<PendingEvent>) -> Result<Vec<Event>, IngestError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Job { events, reply })
             .await
-            .map_err(|_| shutting_down())?;
-        answer.await.map_err(|_| shutting_down())?
-    }
-}
-
-fn shutting_down() -> ApiError {
-    ApiError::Unavailable {
-        detail: "Herald is shutting down; the request was not applied".into(),
-        retry_after: 1,
+            .map_err(|_| IngestError::ShuttingDown)?;
+        answer.await.map_err(|_| IngestError::ShuttingDown)?
     }
 }
 
@@ -138,9 +144,8 @@ async fn commit_group(conn: &Dedicated, group: Vec<Job>, notifier: &Notifier) {
         .flat_map(|j| j.events.iter().cloned())
         .collect();
     match store(conn, all, notifier).await {
-        Ok(mut stored) => {
-            notifier.committed(&mut stored);
-            let mut stored = stored.events.into_iter();
+        Ok(stored) => {
+            let mut stored = notifier.committed(stored).into_iter();
             for job in group {
                 let mine: Vec<Event> = stored.by_ref().take(job.events.len()).collect();
                 let _ = job.reply.send(Ok(mine));
@@ -154,10 +159,9 @@ async fn commit_group(conn: &Dedicated, group: Vec<Job>, notifier: &Notifier) {
         Err(err) => {
             tracing::warn!(error = %err, jobs = group.len(), "group commit failed; retrying its requests one by one");
             for job in group {
-                let result = store(conn, job.events, notifier).await.map(|mut stored| {
-                    notifier.committed(&mut stored);
-                    stored.events
-                });
+                let result = store(conn, job.events, notifier)
+                    .await
+                    .map(|stored| notifier.committed(stored));
                 let _ = job.reply.send(result);
             }
         }
@@ -175,12 +179,13 @@ async fn store(
     conn: &Dedicated,
     events: Vec<PendingEvent>,
     notifier: &Notifier,
-) -> Result<Stored, ApiError> {
-    let mut guard = conn.lock().await.map_err(ApiError::database_unavailable)?;
+) -> Result<Stored, IngestError> {
+    let unavailable = |e: anyhow::Error| IngestError::Unavailable(format!("{e:#}"));
+    let mut guard = conn.lock().await.map_err(unavailable)?;
     let mut attempt = 0;
     loop {
         let claim = notifier.insert_claim();
-        let live = guard.conn().map_err(ApiError::database_unavailable)?;
+        let live = guard.conn().map_err(unavailable)?;
         let result = event::insert_all(live, events.clone(), claim.as_ref()).await;
         match result {
             Err(err) if attempt == 0 && is_retryable(&err) => attempt += 1,
@@ -188,7 +193,7 @@ async fn store(
                 if !is_statement_error(&err) {
                     guard.discard();
                 }
-                return Err(ApiError::from(err));
+                return Err(IngestError::Query(err));
             }
             Ok(stored) => return Ok(stored),
         }

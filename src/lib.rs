@@ -31,6 +31,7 @@ pub mod periodic;
 pub mod retention;
 pub mod rollup;
 pub mod startup;
+pub mod state;
 pub mod streams;
 pub mod telemetry;
 pub mod throttle;

@@ -24,6 +24,7 @@ use crate::domain::{ApiKeySecret, Role};
 use crate::error::ApiError;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
+use crate::state::AppState;
 use crate::streams::disconnect::{self, DisconnectWatcher};
 use crate::streams::hub::Hub;
 use crate::streams::listener;
@@ -31,32 +32,6 @@ use crate::streams::notify::Notifier;
 
 /// How long a stopping server lets in-flight requests finish.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Everything a handler may need, passed in explicitly (no globals).
-pub struct AppState {
-    /// Database connections.
-    pub pool: DbPool,
-    /// Validated settings.
-    pub settings: Arc<Settings>,
-    /// The group committer for new events.
-    pub ingest: Ingest,
-    /// Recently authenticated keys.
-    pub keys: Arc<KeyCache>,
-    /// Held long-polls and SSE streams.
-    pub hub: Arc<Hub>,
-    /// The after-commit hook that wakes hubs.
-    pub notifier: Arc<Notifier>,
-    /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
-    /// Reports clients of held requests that went away.
-    pub disconnects: Arc<DisconnectWatcher>,
-    /// Held requests by API key, ended when their key is deleted.
-    pub key_holds: Arc<crate::streams::holds::KeyHolds>,
-    /// Failed authentications of any kind, per client address.
-    pub auth_failures: crate::throttle::FailureLimiter,
-    /// Failed console sign-ins, per client address (stricter: a lockout).
-    pub sign_ins: crate::throttle::FailureLimiter,
-}
 
 /// A built, bound, not yet running Herald.
 pub struct Application {
@@ -68,14 +43,6 @@ pub struct Application {
     background_stop: CancellationToken,
     stop_requested: CancellationToken,
     generated_admin_key: Option<ApiKeySecret>,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState")
-            .field("settings", &self.settings)
-            .finish_non_exhaustive()
-    }
 }
 
 impl std::fmt::Debug for Application {
@@ -201,6 +168,7 @@ impl Application {
             key_holds,
             auth_failures: crate::auth::failure_limiter(),
             sign_ins: crate::api::sessions::sign_in_limiter(),
+            stopping: CancellationToken::new(),
         });
         let app_state = state.clone();
         // Generated once from the same route registrations the workers use.
@@ -287,12 +255,12 @@ impl Application {
             result = &mut server => result,
             () = stop_signal(&stop_requested) => {
                 tracing::info!("shutting down");
-                state.hub.shut_down();
+                state.stopping.cancel();
                 drop(handle.stop(true));
                 server.await
             }
         };
-        state.hub.shut_down();
+        state.stopping.cancel();
         drop(state);
         // Background tasks first: the webhook worker lets its attempts in flight finish
         // (each is bounded by HERALD_DELIVERY_TIMEOUT) and then lets go of its handle to the
@@ -353,7 +321,7 @@ async fn refuse_while_stopping(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let stopping = req
         .app_data::<web::Data<AppState>>()
-        .is_some_and(|state| state.hub.is_shutting_down());
+        .is_some_and(|state| state.stopping.is_cancelled());
     if stopping && req.path() != "/healthz" {
         let mut response = ApiError::Unavailable {
             detail: "Herald is shutting down; retry on another instance".into(),

@@ -55,7 +55,7 @@ pub async fn read_json<T: DeserializeOwned>(
     // A body that trickles in (slowloris) holds a connection and a buffer: it gets
     // HERALD_BODY_TIMEOUT from first to last byte.
     let timeout = req
-        .app_data::<web::Data<crate::startup::AppState>>()
+        .app_data::<web::Data<crate::state::AppState>>()
         .map_or(DEFAULT_BODY_TIMEOUT, |state| state.settings.body_timeout);
     let read = async {
         while let Some(chunk) = payload.next().await {

@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Registers the routes (each documented by its `#[utoipa::path]`). Before
 /// `deliveries::routes`, whose `/deliveries/{id}` would take `changes` for an id.
@@ -42,7 +42,7 @@ async fn delivery_changes(
         changes: state.notifier.watch_deliveries(),
         heartbeat,
         end_at: tokio::time::Instant::now() + state.settings.sse_max_lifetime,
-        shutdown: state.hub.shutdown_token(),
+        shutdown: state.stopping.clone(),
         started: false,
         _open: OpenFeed::new(&state.metrics),
     };

@@ -19,7 +19,7 @@ use crate::db::models::delivery::{self, Delivery, DeliveryFilter, DeliveryStatus
 use crate::db::models::replay::{self, Replay};
 use crate::domain::{EventType, StreamName};
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;

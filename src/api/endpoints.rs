@@ -25,7 +25,7 @@ use crate::domain::signature::SigningSecret;
 use crate::domain::units::parse_duration;
 use crate::domain::{EndpointUrl, EventType, StreamPattern};
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// How long the previous secret keeps signing after a rotation, by default.
 pub const DEFAULT_ROTATION_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -657,7 +657,7 @@ async fn send_test_event(
     let stream = crate::domain::StreamName::parse(TEST_STREAM).map_err(ApiError::Internal)?;
     let pending = PendingEvent::new(stream, event_type, RawJson(payload));
     let mut conn = state.pool.get().await?;
-    let (event, delivery_id) = conn
+    let (stored, delivery_id) = conn
         .transaction(async |conn| {
             let found = endpoint::find_for_update(conn, id)
                 .await?
@@ -670,14 +670,14 @@ async fn send_test_event(
             Ok(event::insert_for_endpoint(conn, pending, id).await?)
         })
         .await?;
-    let event_id = event.id;
+    let event_id = state
+        .notifier
+        .committed(stored)
+        .first()
+        .map(|e| e.id)
+        .ok_or_else(|| ApiError::Internal("stored test event missing".into()))?;
     crate::telemetry::record_id("event_id", event_id);
     crate::telemetry::record_id("delivery_id", delivery_id);
-    state.notifier.committed(&mut event::Stored {
-        events: vec![event],
-        pending_deliveries: 1,
-        ..event::Stored::default()
-    });
     Ok(HttpResponse::Accepted().json(TestEventSent {
         event_id,
         delivery_id,

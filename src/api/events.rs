@@ -3,7 +3,6 @@
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_web::{get, post};
-use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -18,7 +17,8 @@ use crate::db::models::idempotency::{self, Claim};
 use crate::domain::RESERVED_PREFIX;
 use crate::domain::{EventType, StreamName};
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
+use crate::streams::event_json::EventDto;
 
 /// Most events one batch may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -30,38 +30,6 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(create_event)
         .service(create_events_batch)
         .service(get_event);
-}
-
-/// An event as the API shows it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EventDto {
-    /// Herald's id.
-    pub id: Uuid,
-    /// Stream.
-    pub stream: String,
-    /// Type.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    /// Position in the stream.
-    pub seq: i64,
-    /// The producer's JSON.
-    #[schema(value_type = Object)]
-    pub payload: RawJson,
-    /// When it was stored.
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<Event> for EventDto {
-    fn from(e: Event) -> Self {
-        Self {
-            id: e.id,
-            stream: e.stream,
-            event_type: e.event_type,
-            seq: e.seq,
-            payload: e.payload,
-            created_at: e.created_at,
-        }
-    }
 }
 
 /// An event to publish. Fields other than these are ignored, so that producers may send
@@ -178,10 +146,7 @@ async fn store(
         })
         .await?;
     match outcome {
-        Ok(mut stored) => {
-            state.notifier.committed(&mut stored);
-            Ok((stored.events, false))
-        }
+        Ok(stored) => Ok((state.notifier.committed(stored), false)),
         Err(record) if record.request_hash != hash => Err(ApiError::Conflict(format!(
             "Idempotency-Key {key:?} was already used at {} for a different request; \
              use a new key for a new request",

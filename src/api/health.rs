@@ -6,7 +6,7 @@ use diesel_async::RunQueryDsl as _;
 use serde::Serialize;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// `{"status": "ok"}` (alive) or `{"status": "ready"}`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

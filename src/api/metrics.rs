@@ -8,7 +8,7 @@ use chrono::Utc;
 
 use crate::db::models::overview;
 use crate::metrics::Gauges;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A scrape never waits longer than this for the queue figures; past it, they keep their
 /// last value and the rest is answered at once.

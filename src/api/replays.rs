@@ -11,7 +11,7 @@ use crate::auth::Principal;
 use crate::db::models::delivery::DeliveryStatus;
 use crate::db::models::replay;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Registers the routes (each documented by its `#[utoipa::path]`).
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {

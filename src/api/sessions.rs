@@ -27,7 +27,7 @@ use crate::db::models::api_key;
 use crate::db::models::session::{self, Session};
 use crate::domain::{ApiKeySecret, Role};
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::throttle::FailureLimiter;
 
 /// How long a console session lasts.

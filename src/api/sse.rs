@@ -24,7 +24,7 @@ use super::streams::{fetch_page, parse_cursor, stream_from_path, unavailable};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::metrics::inc;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::streams::disconnect;
 use crate::streams::hub::{EventJson, Subscription, Taken};
 
@@ -64,7 +64,7 @@ pub(super) async fn stream_sse(
         (_, Some(raw)) if !raw.is_empty() => parse_cursor("after", raw)?,
         _ => 0,
     };
-    if state.hub.is_shutting_down() {
+    if state.stopping.is_cancelled() {
         return Err(unavailable(
             "Herald is shutting down; connect to another instance",
         ));
@@ -91,7 +91,7 @@ pub(super) async fn stream_sse(
         subscription,
         heartbeat,
         end_at: Instant::now() + settings.sse_max_lifetime,
-        shutdown: state.hub.shutdown_token(),
+        shutdown: state.stopping.clone(),
         hold,
         closed: Box::pin(
             state

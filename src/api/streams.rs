@@ -27,7 +27,7 @@ use crate::db::models::{event, stream};
 use crate::domain::StreamName;
 use crate::error::ApiError;
 use crate::metrics::inc;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::streams::disconnect;
 use crate::streams::hub::{EventJson, Subscription, Taken};
 
@@ -264,7 +264,7 @@ pub fn unavailable(detail: &str) -> ApiError {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StreamPage {
     /// The events after the cursor, in seq order (none if the wait ran out).
-    pub events: Vec<super::events::EventDto>,
+    pub events: Vec<crate::streams::event_json::EventDto>,
     /// The cursor for the next poll: the last seq here, or the cursor given.
     pub next_after: i64,
 }
@@ -290,7 +290,7 @@ async fn list_stream_events(
         let events = fetch_page(&state.pool, stream.as_str(), after, limit).await?;
         return Ok(page(&events, after, &poll));
     }
-    if state.hub.is_shutting_down() {
+    if state.stopping.is_cancelled() {
         return Err(unavailable(
             "Herald is shutting down; poll another instance",
         ));
@@ -361,7 +361,7 @@ impl Held {
     /// simply asks again.
     async fn answer(mut self) -> Bytes {
         let timeout = tokio::time::sleep(self.wait);
-        let shutdown = self.state.hub.shutdown_token();
+        let shutdown = self.state.stopping.clone();
         let revoked = self.hold.token();
         tokio::pin!(timeout);
         let limit_usize = usize::try_from(self.limit).unwrap_or(100);

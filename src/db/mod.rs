@@ -30,6 +30,18 @@ pub type DbConn = Object<AsyncPgConnection>;
 /// What getting a connection can fail with.
 pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
 
+/// A database operation that failed: no connection could be had, or a statement failed.
+/// Modules below the API return it; the API turns it into a problem (`ApiError`).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// No connection from the pool (the database is unreachable, or the pool exhausted).
+    #[error("no database connection: {0}")]
+    Pool(#[from] PoolError),
+    /// A statement failed.
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
 /// The migrations under `migrations/`, compiled into the binary.
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

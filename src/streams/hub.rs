@@ -19,11 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use crate::api::events::EventDto;
-use crate::db::DbPool;
+pub use super::event_json::EventJson;
 use crate::db::models::event::{self, Event};
+use crate::db::{DbError, DbPool};
 use crate::metrics::{Metrics, inc};
 
 /// How long a fetch waits after its first hint, to take events that commit together in one read.
@@ -32,35 +31,6 @@ pub const BATCH_DELAY: Duration = Duration::from_millis(2);
 const FETCH_LIMIT: i64 = 1000;
 /// Events kept per watched stream for subscribers that wake up later.
 const HISTORY: usize = 1024;
-
-/// An event as JSON, serialized once for all the waiters it is sent to.
-#[derive(Debug)]
-pub struct EventJson {
-    /// Its seq.
-    pub seq: i64,
-    /// Its type (SSE's `event:` line).
-    pub event_type: String,
-    /// The event as the API shows it.
-    pub json: String,
-    /// When it was committed.
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-impl EventJson {
-    /// Serializes a stored event.
-    pub fn new(event: Event) -> Self {
-        let seq = event.seq;
-        let event_type = event.event_type.clone();
-        let created_at = event.created_at;
-        let json = serde_json::to_string(&EventDto::from(event)).unwrap_or_default();
-        Self {
-            seq,
-            event_type,
-            json,
-            created_at,
-        }
-    }
-}
 
 #[derive(Debug)]
 struct SlotState {
@@ -103,7 +73,6 @@ pub struct Hub {
     max_waiters: usize,
     waiters: AtomicUsize,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
-    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Hub {
@@ -124,7 +93,6 @@ impl Hub {
             max_waiters,
             waiters: AtomicUsize::new(0),
             slots: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
         })
     }
 
@@ -148,21 +116,6 @@ impl Hub {
             .values()
             .map(|slot| (slot.name.clone(), slot.state().known))
             .collect()
-    }
-
-    /// Starts answering every held request now (shutdown).
-    pub fn shut_down(&self) {
-        self.shutdown.cancel();
-    }
-
-    /// Whether shutdown has begun.
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutdown.is_cancelled()
-    }
-
-    /// Resolves when shutdown begins.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
     }
 
     /// Registers a waiter on `stream` whose cursor is `after`.
@@ -311,12 +264,7 @@ impl Hub {
         }
     }
 
-    async fn read(
-        &self,
-        stream: &str,
-        after: i64,
-        tail: bool,
-    ) -> Result<Vec<Event>, crate::error::ApiError> {
+    async fn read(&self, stream: &str, after: i64, tail: bool) -> Result<Vec<Event>, DbError> {
         let mut conn = self.pool.get().await?;
         inc(&self.metrics.hub_reads);
         Ok(if tail {

@@ -10,6 +10,7 @@
 //! - `holds`: held requests by API key, ended when their key is deleted.
 
 pub mod disconnect;
+pub mod event_json;
 pub mod holds;
 pub mod hub;
 pub mod listener;

@@ -195,9 +195,12 @@ impl Notifier {
         self.wake.notify_one();
     }
 
-    /// Records that events (and their webhook deliveries) have committed, and hands the
-    /// deliveries claimed at insert to this instance's worker.
-    pub fn committed(&self, stored: &mut Stored) {
+    /// "Commit, then notify", the one way stored events reach anyone: records that events
+    /// (and their webhook deliveries) have committed, hands the deliveries claimed at
+    /// insert to this instance's worker, wakes the hub and queues the cross-instance
+    /// `NOTIFY`; gives back the events to answer with. The group commit, the idempotent
+    /// publish and the test event all end here.
+    pub fn committed(&self, mut stored: Stored) -> Vec<Event> {
         if let (Some(queue), Some((token, at))) = (&self.queue, stored.claimed_with)
             && !stored.claimed.is_empty()
         {
@@ -215,7 +218,7 @@ impl Notifier {
         }
         let events = &stored.events;
         if events.is_empty() {
-            return;
+            return stored.events;
         }
         let mut by_stream: HashMap<&str, Vec<&Event>> = HashMap::new();
         for event in events {
@@ -238,6 +241,7 @@ impl Notifier {
         }
         drop(pending);
         self.wake.notify_one();
+        stored.events
     }
 
     /// Sends queued changes until `cancel`, then sends what is left.

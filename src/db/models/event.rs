@@ -263,12 +263,12 @@ fn claimed_deliveries(events: &[Event], rows: Vec<IngestRow>) -> Vec<Claimed> {
 }
 
 /// Stores `pending` with one delivery, to `endpoint_id` only, whatever the endpoints'
-/// filters say (an endpoint's test event). Returns the event and the delivery's id.
+/// filters say (an endpoint's test event). Returns it as stored, and the delivery's id.
 pub async fn insert_for_endpoint(
     conn: &mut AsyncPgConnection,
     pending: PendingEvent,
     endpoint_id: Uuid,
-) -> QueryResult<(Event, Uuid)> {
+) -> QueryResult<(Stored, Uuid)> {
     #[derive(QueryableByName)]
     struct Inserted {
         #[diesel(sql_type = BigInt)]
@@ -312,11 +312,21 @@ pub async fn insert_for_endpoint(
         payload: pending.payload,
         created_at: inserted.created_at,
     };
-    Ok((event, delivery_id))
+    let stored = Stored {
+        events: vec![event],
+        pending_deliveries: 1,
+        ..Stored::default()
+    };
+    Ok((stored, delivery_id))
 }
 
-/// What [`insert_all`] stored.
+/// What a transaction stored ([`insert_all`], [`insert_for_endpoint`]). "Commit, then
+/// notify": once the transaction has committed, it goes to `Notifier::committed`, which
+/// wakes this instance's readers and worker, tells the other instances, and gives back the
+/// events to answer with. Dropping it unnotified would leave readers waiting for the
+/// fallback check, so it must be used.
 #[derive(Debug, Default)]
+#[must_use = "hand it to Notifier::committed once the transaction has committed"]
 pub struct Stored {
     /// The events, in input order.
     pub events: Vec<Event>,
