@@ -15,4 +15,5 @@ pub mod outcome;
 pub mod queue;
 mod recorder;
 pub mod sender;
+pub mod signals;
 pub mod worker;

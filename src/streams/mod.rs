@@ -15,6 +15,7 @@ pub mod holds;
 pub mod hub;
 pub mod listener;
 pub mod notify;
+pub mod presence;
 
 /// The channel Herald's stream-change `NOTIFY`s use.
 pub const CHANNEL: &str = "herald_streams";

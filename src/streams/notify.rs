@@ -12,6 +12,10 @@
 //! Payload: the sending instance's id on the first line, then one `seq<TAB>stream` line per
 //! stream (the highest committed seq), so a listener can skip its own instance's messages
 //! and streams it already knows to be at that seq.
+//!
+//! The same sender carries the two other kinds of notice, whose state lives in their own
+//! modules: who else is there ([`super::presence`]) and what the workers and console feeds
+//! must learn about deliveries ([`crate::delivery::signals`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,60 +28,38 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::hub::Hub;
+use super::presence::{PRESENCE_BEAT, Presence};
 use super::{CHANNEL, DELIVERIES_CHANNEL};
 use crate::db::models::event::{Event, InsertClaim, Stored};
 use crate::db::{DbPool, prepared};
 use crate::delivery::queue::LocalQueue;
+use crate::delivery::signals::{DeliverySignals, Notice};
 use crate::metrics::{Metrics, inc};
 
 /// The second line of a deliveries `NOTIFY` that only reports recorded attempts.
 pub const CHANGED_ONLY: &str = "changed";
 /// How long changes are gathered before one `NOTIFY` carries them.
 pub const COALESCE: Duration = Duration::from_millis(3);
-/// How often, at most, other instances' console feeds are told that attempts were
-/// recorded here (the console redraws at most every 250 ms anyway).
-pub const FEED_INTERVAL: Duration = Duration::from_millis(100);
-/// How often an instance says it is there (the second line of its announcement).
-pub const PRESENCE_BEAT: Duration = Duration::from_secs(5);
-/// How long after the last word from another instance this one still notifies.
-pub const PRESENCE_TTL: Duration = Duration::from_secs(15);
-/// The second line of a new listener's announcement: "I am here; who else is?". Every
-/// instance that hears it answers [`HERE`].
-pub const HELLO: &str = "hello";
-/// The second line of an answer to [`HELLO`], and of the periodic announcement.
-pub const HERE: &str = "here";
 /// Stays under PostgreSQL's 8000-byte payload limit.
 const MAX_PAYLOAD: usize = 7900;
 
-/// The after-commit hook.
+/// The after-commit hook, and the sender of every `NOTIFY`.
 #[derive(Debug)]
 pub struct Notifier {
     instance: Uuid,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    /// Streams committed here since the last `NOTIFY`, with their highest seq.
     pending: Mutex<HashMap<String, i64>>,
+    /// Wakes the sender.
     wake: Notify,
-    deliveries_due: std::sync::atomic::AtomicBool,
-    deliveries_changed: std::sync::atomic::AtomicBool,
-    delivery_wake: Arc<Notify>,
-    /// Bumped whenever deliveries change, here or (through `NOTIFY`) elsewhere: what the
-    /// console's live deliveries feed waits on.
-    changes: tokio::sync::watch::Sender<u64>,
+    /// Worker wake-ups and the console feed.
+    deliveries: DeliverySignals,
+    /// Who else is there.
+    presence: Presence,
     /// This instance's webhook worker's queue, when it sends webhooks: ingest claims new
     /// deliveries for it at insert, and they are handed over after the commit.
     queue: Option<Arc<LocalQueue>>,
-    /// When a feed-only `NOTIFY` was last sent.
-    feed_sent: Mutex<Option<std::time::Instant>>,
-    /// When a notification from another instance last arrived: while none has for
-    /// [`PRESENCE_TTL`], this instance is alone and sends no `NOTIFY` but its
-    /// announcements.
-    others_seen: Mutex<Option<std::time::Instant>>,
-    /// A [`HELLO`] is due.
-    hello: std::sync::atomic::AtomicBool,
-    /// A [`HERE`] is due.
-    here: std::sync::atomic::AtomicBool,
-    /// Whether this instance's own announcement has come back to its listener.
-    heard_self: tokio::sync::watch::Sender<bool>,
 }
 
 impl Notifier {
@@ -96,60 +78,31 @@ impl Notifier {
             metrics,
             pending: Mutex::new(HashMap::new()),
             wake: Notify::new(),
-            deliveries_due: std::sync::atomic::AtomicBool::new(false),
-            deliveries_changed: std::sync::atomic::AtomicBool::new(false),
-            delivery_wake,
-            changes: tokio::sync::watch::Sender::new(0),
+            deliveries: DeliverySignals::new(delivery_wake),
+            presence: Presence::new(instance),
             queue,
-            feed_sent: Mutex::new(None),
-            others_seen: Mutex::new(None),
-            hello: std::sync::atomic::AtomicBool::new(false),
-            here: std::sync::atomic::AtomicBool::new(false),
-            heard_self: tokio::sync::watch::Sender::new(false),
         })
     }
 
     /// Notes a notification that arrived from the instance `from` (this one's own
     /// announcement, or word from another instance); `second_line` is the payload's second
-    /// line, if any. A newcomer's [`HELLO`] is answered with [`HERE`].
+    /// line, if any. A newcomer's hello is answered.
     pub fn heard_from(&self, from: Uuid, second_line: Option<&str>) {
-        if from == self.instance {
-            if second_line == Some(HELLO) {
-                self.heard_self.send_replace(true);
-            }
-            return;
-        }
-        *self
-            .others_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
-        if second_line == Some(HELLO) {
-            self.here.store(true, std::sync::atomic::Ordering::Release);
+        if self.presence.heard_from(from, second_line) {
             self.wake.notify_one();
         }
     }
 
-    /// Has this instance say [`HELLO`] (its listener has just started listening).
+    /// Has this instance say hello (its listener has just started listening).
     pub fn announce(&self) {
-        self.hello.store(true, std::sync::atomic::Ordering::Release);
+        self.presence.announce();
         self.wake.notify_one();
     }
 
     /// Waits (up to `timeout`) until this instance's announcement has come back through
     /// its own `LISTEN`, so every instance listening has it too. Returns whether it did.
     pub async fn wait_announced(&self, timeout: Duration) -> bool {
-        let mut heard = self.heard_self.subscribe();
-        tokio::time::timeout(timeout, heard.wait_for(|heard| *heard))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// Whether no other instance has been heard from lately.
-    fn alone(&self) -> bool {
-        self.others_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_none_or(|seen| seen.elapsed() > PRESENCE_TTL)
+        self.presence.wait_announced(timeout).await
     }
 
     /// The claim an ingest statement should make for this instance's worker, if any.
@@ -164,34 +117,29 @@ impl Notifier {
 
     /// Wakes this instance's webhook worker (another instance made deliveries due).
     pub fn wake_worker(&self) {
-        self.delivery_wake.notify_one();
+        self.deliveries.due_elsewhere();
     }
 
     /// A receiver that sees a new value whenever deliveries change.
     pub fn watch_deliveries(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.changes.subscribe()
+        self.deliveries.watch()
     }
 
     /// Says that deliveries changed on another instance (its `NOTIFY` arrived).
     pub fn remote_deliveries_changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        self.deliveries.changed_elsewhere();
     }
 
     /// Says that attempts were recorded here: this instance's feed learns at once, other
     /// instances' through a coalesced `NOTIFY` that does not wake their workers.
     pub fn deliveries_changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        self.deliveries_changed
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.deliveries.changed_here();
         self.wake.notify_one();
     }
 
     /// Says that deliveries became due outside of an event commit (a replay).
     pub fn deliveries_due(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
-        self.delivery_wake.notify_one();
-        self.deliveries_due
-            .store(true, std::sync::atomic::Ordering::Release);
+        self.deliveries.due_here();
         self.wake.notify_one();
     }
 
@@ -205,15 +153,10 @@ impl Notifier {
             && !stored.claimed.is_empty()
         {
             queue.hand_over(std::mem::take(&mut stored.claimed), token, at);
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
-            self.deliveries_changed
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.deliveries.changed_here();
         }
         if stored.pending_deliveries > 0 {
-            self.changes.send_modify(|n| *n = n.wrapping_add(1));
-            self.delivery_wake.notify_one();
-            self.deliveries_due
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.deliveries.due_here();
             self.wake.notify_one();
         }
         let events = &stored.events;
@@ -252,7 +195,7 @@ impl Notifier {
         loop {
             tokio::select! {
                 () = self.wake.notified() => {}
-                _ = beat.tick() => self.here.store(true, std::sync::atomic::Ordering::Release),
+                _ = beat.tick() => self.presence.beat(),
                 () = tokio::time::sleep(again.unwrap_or(Duration::MAX)), if again.is_some() => {}
                 () = cancel.cancelled() => {
                     self.flush(&pool, true).await;
@@ -265,57 +208,31 @@ impl Notifier {
     }
 
     /// Sends what is queued in one statement. A feed-only change is held back until
-    /// [`FEED_INTERVAL`] after the last one (unless `all`); returns when to call again
+    /// `FEED_INTERVAL` after the last one (unless `all`); returns when to call again
     /// for it.
     ///
     /// An instance that has heard from no other lately sends only its announcements: the
     /// hints would reach nobody but its own listener. A new instance says [`HELLO`] as
     /// soon as it listens, and serves only once it has heard its own (so every instance
-    /// listening has it); they answer [`HERE`], as each does every [`PRESENCE_BEAT`].
+    /// listening has it); they answer "here", as each does every `PRESENCE_BEAT`.
     /// Anything missed in between is made up by the fallback check and the workers' poll.
     async fn flush(&self, pool: &DbPool, all: bool) -> Option<Duration> {
-        use std::sync::atomic::{AtomicBool, Ordering};
         let mut channels: Vec<&str> = Vec::new();
         let mut payloads: Vec<String> = Vec::new();
-        for (due, word) in [(&self.hello, HELLO), (&self.here, HERE)] {
-            if due.swap(false, Ordering::AcqRel) {
-                channels.push(CHANNEL);
-                payloads.push(format!("{}\n{word}", self.instance));
-            }
+        for word in self.presence.take_due() {
+            channels.push(CHANNEL);
+            payloads.push(format!("{}\n{word}", self.instance));
         }
-        let alone = self.alone();
-        let due = self.deliveries_due.swap(false, Ordering::AcqRel);
-        let mut again = None;
-        if due {
-            // "Due" wakes other workers (and tells their feeds).
-            *self
-                .feed_sent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
-            self.deliveries_changed.store(false, Ordering::Release);
-            if !alone {
-                channels.push(DELIVERIES_CHANNEL);
-                payloads.push(self.instance.to_string());
-            }
-        } else if AtomicBool::load(&self.deliveries_changed, Ordering::Acquire) {
-            // "Changed" only tells feeds, at most every FEED_INTERVAL.
-            let mut sent = self
-                .feed_sent
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let wait = sent
-                .map(|at| FEED_INTERVAL.saturating_sub(at.elapsed()))
-                .unwrap_or_default();
-            if wait.is_zero() || all {
-                self.deliveries_changed.store(false, Ordering::Release);
-                *sent = Some(std::time::Instant::now());
-                if !alone {
-                    channels.push(DELIVERIES_CHANNEL);
-                    payloads.push(format!("{}\n{CHANGED_ONLY}", self.instance));
-                }
-            } else {
-                again = Some(wait);
-            }
+        let alone = self.presence.alone();
+        let (notice, again) = self.deliveries.take_notice(all);
+        if let Some(notice) = notice
+            && !alone
+        {
+            channels.push(DELIVERIES_CHANNEL);
+            payloads.push(match notice {
+                Notice::Due => self.instance.to_string(),
+                Notice::Changed => format!("{}\n{CHANGED_ONLY}", self.instance),
+            });
         }
         let changes: Vec<(String, i64)> =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner))
