@@ -39,6 +39,8 @@ pub struct Metrics {
     pub waiters_disconnected: Counter,
     /// NOTIFY messages sent.
     pub notifications_sent: Counter,
+    /// Stream-change hints not sent because no other instance was there to hear them.
+    pub hints_unsent_alone: Counter,
     /// Stream-change hints received through LISTEN.
     pub notifications_received: Counter,
     /// Times the LISTEN connection was (re)established.
@@ -181,6 +183,10 @@ impl Metrics {
                 "Held requests freed because the client went away.",
             ),
             notifications_sent: counter("herald_notifications_sent_total", "NOTIFY messages sent."),
+            hints_unsent_alone: counter(
+                "herald_hints_unsent_alone_total",
+                "Stream-change hints (one per stream and flush) not sent because no other instance was heard from lately.",
+            ),
             notifications_received: counter(
                 "herald_notifications_received_total",
                 "Stream-change hints received through LISTEN.",

@@ -437,3 +437,22 @@ async fn get_stream(
         earliest_seq: bounds.earliest_seq,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::jittered;
+
+    #[test]
+    fn jitter_adds_up_to_a_sixteenth_and_spreads_clients() {
+        for wait in [Duration::from_secs(1), Duration::from_millis(1600)] {
+            let waits: Vec<Duration> = (0..1000).map(|_| jittered(wait)).collect();
+            for w in &waits {
+                assert!(*w >= wait && *w <= wait + wait / 16, "{w:?} for {wait:?}");
+            }
+            let spread = *waits.iter().max().unwrap() - *waits.iter().min().unwrap();
+            assert!(spread > wait / 32, "{spread:?} for {wait:?}");
+        }
+    }
+}

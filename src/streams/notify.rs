@@ -241,6 +241,9 @@ impl Notifier {
         // Alone, the hints would reach nobody but this instance's own listener: its hubs
         // were told at once.
         let streams = if alone {
+            self.metrics
+                .hints_unsent_alone
+                .increment(changes.len() as u64);
             Vec::new()
         } else {
             encode(self.instance, &changes)

@@ -117,12 +117,16 @@ async fn serve_without_database_url_runs_its_own_postgres_and_keeps_the_data() {
             (status, response.json::<Value>().await.unwrap())
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::helpers::metric_at(&client, &base, "herald_waiters").await != Some(1.0) {
+        assert!(Instant::now() < deadline, "the long-poll was not held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let stopping = Instant::now();
     terminate(&mut first).await;
     assert!(
-        stopping.elapsed() < Duration::from_secs(10),
-        "took {:?}",
+        stopping.elapsed() < Duration::from_secs(40),
+        "exited at once, not after the held poll's 50 s wait: {:?}",
         stopping.elapsed()
     );
     let (status, body) = held.await.unwrap();

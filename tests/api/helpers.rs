@@ -359,6 +359,34 @@ impl TestApp {
         }
     }
 
+    /// Waits (up to 10 s) until no delivery is pending or being attempted. The worker
+    /// sends only deliveries it has claimed (`delivering`), and a receiver has recorded a
+    /// request before its delivery can leave `delivering`: once every delivery is settled,
+    /// nothing more is sent without a new event or a replay. What absence checks wait on,
+    /// instead of a sleep.
+    pub async fn wait_until_settled(&self) {
+        let db = self.db().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let open: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'delivering')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if open == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{open} deliveries still pending or in flight"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A client connection to this app's database.
     pub async fn db(&self) -> tokio_postgres::Client {
         connect(&self.database_url).await

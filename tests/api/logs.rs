@@ -100,7 +100,13 @@ async fn json_logs_carry_request_and_delivery_ids_and_never_a_secret() {
     let generated = other.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(generated.len(), 36, "a UUID: {generated}");
     receiver.wait_for(1, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The attempt's log line is written before its outcome is counted.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let outcome = "herald_webhook_outcomes_total{outcome=\"succeeded\"}";
+    while crate::helpers::metric_at(&client, &base, outcome).await != Some(1.0) {
+        assert!(std::time::Instant::now() < deadline, "no outcome recorded");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     terminate(&mut child).await;
     let logs = collected.await.unwrap();

@@ -36,27 +36,28 @@ fn hold(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_held_poll_is_answered_within_tens_of_milliseconds_of_the_commit() {
+async fn a_held_poll_is_answered_by_the_commit_itself() {
     let app = spawn_app_with(|s| s.fallback_interval = Duration::from_secs(60)).await;
     app.publish("payment:pay_1", "payment.created", json!(1))
         .await;
     let poll = hold(&app, "/v1/streams/payment:pay_1/events?after=1&wait=20");
     app.wait_for_metric("herald_waiters", 1).await;
+    let reads_before = app.metric("herald_hub_reads_total").await;
+    let pushes_before = app.metric("herald_hub_pushes_total").await;
 
     let event = app
         .publish("payment:pay_1", "payment.succeeded", json!({"ok": true}))
         .await;
-    let committed = Instant::now();
-    let (status, body, _, answered) = poll.await.unwrap();
-    let latency = answered - committed;
+    let (status, body, _, _) = poll.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["events"].as_array().unwrap().len(), 1);
     assert_eq!(body["events"][0], event);
     assert_eq!(body["next_after"], 2);
-    assert!(
-        latency < Duration::from_millis(100),
-        "answered {latency:?} after the commit"
-    );
+    // Handed over by the commit itself: no read, no timeout, no fallback check (60 s).
+    // (How fast, in milliseconds, is the long-poll benchmark's to measure.)
+    assert_eq!(app.metric("herald_hub_reads_total").await, reads_before);
+    assert_eq!(app.metric("herald_longpolls_timed_out_total").await, 0);
+    assert!(app.metric("herald_hub_pushes_total").await > pushes_before);
     app.wait_for_metric("herald_waiters", 0).await;
 }
 
@@ -73,9 +74,10 @@ async fn a_poll_whose_wait_runs_out_answers_empty_with_the_same_cursor() {
     let body = response.json::<Value>().await.unwrap();
     let elapsed = started.elapsed();
     assert_eq!(body, json!({"events": [], "next_after": 3}));
-    // wait .. wait * 17/16, plus a little for the round trip.
+    // At least the wait (its jitter window, wait .. wait * 17/16, is the unit test of
+    // `jittered`); answered by the wait running out, not by anything else.
     assert!(elapsed >= Duration::from_secs(1), "{elapsed:?}");
-    assert!(elapsed <= Duration::from_millis(1063 + 150), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert_eq!(app.metric("herald_longpolls_timed_out_total").await, 1);
 }
 
@@ -97,7 +99,7 @@ async fn waits_are_jittered_within_a_sixteenth() {
     }
     for wait in &waits {
         assert!(*wait >= Duration::from_millis(1600), "{wait:?}");
-        assert!(*wait <= Duration::from_millis(1700 + 150), "{wait:?}");
+        assert!(*wait < Duration::from_secs(10), "{wait:?}");
     }
     let spread = *waits.iter().max().unwrap() - *waits.iter().min().unwrap();
     assert!(
@@ -147,7 +149,7 @@ async fn waits_are_clamped_to_the_maximum() {
     response.bytes().await.unwrap();
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_millis(1063 + 150),
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10),
         "{elapsed:?}"
     );
 
@@ -159,7 +161,7 @@ async fn waits_are_clamped_to_the_maximum() {
         .unwrap();
     let elapsed = started.elapsed();
     assert!(
-        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_millis(1063 + 150),
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10),
         "{elapsed:?}"
     );
 
@@ -168,7 +170,7 @@ async fn waits_are_clamped_to_the_maximum() {
     let huge = app.get("/v1/streams/s/events?wait=1e308").await;
     assert_eq!(huge.status(), 200);
     huge.bytes().await.unwrap();
-    assert!(started.elapsed() < Duration::from_millis(1063 + 150));
+    assert!(started.elapsed() < Duration::from_secs(10));
     let preferred = app
         .request(Method::GET, "/v1/streams/s/events", ADMIN_KEY)
         .header("Prefer", "wait=1e300")
@@ -206,7 +208,10 @@ async fn an_expired_cursor_is_410_at_once() {
     )
     .await;
     assert_eq!(problem["earliest_after"], 1);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "not held for the wait"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,15 +245,12 @@ async fn a_poll_held_on_one_instance_is_answered_when_another_commits() {
     let poll = hold(&a, "/v1/streams/orders/events?wait=20");
     a.wait_for_metric("herald_waiters", 1).await;
     let event = b.publish("orders", "order.created", json!({"id": 7})).await;
-    let committed = Instant::now();
-    let (status, body, _, answered) = poll.await.unwrap();
+    // Within the 20 s wait, with the fallback check at 60 s: only B's NOTIFY can have
+    // told A.
+    let (status, body, _, _) = poll.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["events"][0], event);
-    assert!(
-        answered - committed < Duration::from_millis(500),
-        "took {:?}",
-        answered - committed
-    );
+    assert_eq!(a.metric("herald_longpolls_timed_out_total").await, 0);
     assert!(a.metric("herald_notifications_received_total").await >= 1);
 }
 
@@ -369,14 +371,10 @@ async fn a_client_that_disconnects_frees_its_waiter_at_once() {
     )
     .unwrap();
     app.wait_for_metric("herald_waiters", 1).await;
-    let closed = Instant::now();
     drop(socket);
+    // Freed when the client left (within wait_for_metric's 10 s), not by the 30 s wait.
     app.wait_for_metric("herald_waiters", 0).await;
-    assert!(
-        closed.elapsed() < Duration::from_millis(500),
-        "freed after {:?}",
-        closed.elapsed()
-    );
+    assert_eq!(app.metric("herald_longpolls_timed_out_total").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -385,14 +383,12 @@ async fn shutdown_answers_held_polls_at_once() {
     app.publish("s", "t", json!(1)).await;
     let poll = hold(&app, "/v1/streams/s/events?after=1&wait=30");
     app.wait_for_metric("herald_waiters", 1).await;
-    let stopping = Instant::now();
     app.stop.cancel();
-    let (status, body, _, answered) = poll.await.unwrap();
-    assert!(
-        answered - stopping < Duration::from_millis(500),
-        "took {:?}",
-        answered - stopping
-    );
+    // Answered by the shutdown, not by the 30 s wait.
+    let (status, body, _, _) = tokio::time::timeout(Duration::from_secs(15), poll)
+        .await
+        .expect("answered at shutdown")
+        .unwrap();
     assert_eq!(status, 200);
     assert_eq!(body, json!({"events": [], "next_after": 1}));
 }
@@ -423,10 +419,13 @@ async fn a_lone_instance_sends_no_notifications_until_another_listens() {
     let slow_fallback =
         |s: &mut herald::config::Settings| s.fallback_interval = Duration::from_secs(60);
     let a = spawn_app_with(slow_fallback).await;
+    // One stream each, so that each is one hint whatever the sender coalesces.
     for i in 0..5 {
-        a.publish("orders", "order.created", json!({"n": i})).await;
+        a.publish(&format!("orders-{i}"), "order.created", json!({"n": i}))
+            .await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    a.wait_for_metric("herald_hints_unsent_alone_total", 5)
+        .await;
     assert_eq!(
         a.metric("herald_notifications_sent_total").await,
         0,
@@ -435,18 +434,15 @@ async fn a_lone_instance_sends_no_notifications_until_another_listens() {
 
     // A second instance says hello before it serves; from then on the first notifies it.
     let b = second_instance(&a, slow_fallback).await;
-    let poll = hold(&b, "/v1/streams/orders/events?after=5&wait=20");
+    let poll = hold(&b, "/v1/streams/orders/events?after=0&wait=20");
     b.wait_for_metric("herald_waiters", 1).await;
     let event = a.publish("orders", "order.created", json!({"n": 5})).await;
-    let committed = Instant::now();
-    let (status, body, _, answered) = poll.await.unwrap();
+    // Within the 20 s wait, with the fallback check at 60 s: only A's NOTIFY can have
+    // told B.
+    let (status, body, _, _) = poll.await.unwrap();
     assert_eq!(status, 200);
     assert_eq!(body["events"][0], event);
-    assert!(
-        answered - committed < Duration::from_millis(500),
-        "took {:?}",
-        answered - committed
-    );
+    assert_eq!(b.metric("herald_longpolls_timed_out_total").await, 0);
     assert!(a.metric("herald_notifications_sent_total").await >= 1);
 }
 
