@@ -160,8 +160,13 @@ async fn hostile_requests_get_clear_4xx_and_memory_stays_bounded() {
     // Still serving, and memory is where it was (give or take the allocator).
     let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = rss_kib(pid);
+    // Freed memory goes back to the system a little after the connections close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut after = rss_kib(pid);
+    while after >= baseline + 64 * 1024 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = rss_kib(pid);
+    }
     println!("RSS {baseline} KiB before, {after} KiB after the hostile load");
     assert!(
         after < baseline + 64 * 1024,
