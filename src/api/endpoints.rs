@@ -238,8 +238,24 @@ fn apply(
     Ok(())
 }
 
-fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
-    super::parse_id("endpoint", raw)
+/// The endpoint id in the path, for an admin (and in the request's log span).
+fn admin_endpoint_id(principal: &Principal, raw: &str) -> Result<Uuid, ApiError> {
+    principal.require_admin()?;
+    let id = super::parse_id("endpoint", raw)?;
+    crate::telemetry::record_id("endpoint_id", id);
+    Ok(id)
+}
+
+/// `404` for an endpoint id that names none.
+#[derive(Debug, utoipa::IntoResponses)]
+pub enum NoSuchEndpoint {
+    /// No such endpoint.
+    #[response(
+        status = 404,
+        description = "No such endpoint",
+        content_type = "application/problem+json"
+    )]
+    NotFound(super::openapi::Problem),
 }
 
 #[utoipa::path(
@@ -325,7 +341,7 @@ async fn list_endpoints(
     tag = "endpoints",
     summary = "One endpoint",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    responses((status = 200, description = "The endpoint", body = EndpointDto), super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "The endpoint", body = EndpointDto), super::openapi::AuthErrors, NoSuchEndpoint, super::openapi::Unavailable),
 )]
 #[get("/endpoints/{id}")]
 async fn get_endpoint(
@@ -333,9 +349,7 @@ async fn get_endpoint(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let id = endpoint_id(&path)?;
-    crate::telemetry::record_id("endpoint_id", id);
+    let id = admin_endpoint_id(&principal, &path)?;
     let mut conn = state.pool.get().await?;
     let found = endpoint::find(&mut conn, id)
         .await?
@@ -348,7 +362,7 @@ async fn get_endpoint(
     summary = "Change an endpoint (also enable/disable)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = EndpointInput, content_type = "application/json"),
-    responses((status = 200, description = "Changed", body = EndpointDto), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "Changed", body = EndpointDto), super::openapi::BodyErrors, super::openapi::AuthErrors, NoSuchEndpoint, super::openapi::Unavailable),
 )]
 #[patch("/endpoints/{id}")]
 async fn update_endpoint(
@@ -358,9 +372,7 @@ async fn update_endpoint(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let id = endpoint_id(&path)?;
-    crate::telemetry::record_id("endpoint_id", id);
+    let id = admin_endpoint_id(&principal, &path)?;
     let input: EndpointInput = read_json(&req, body, 256 * 1024, "256 KiB").await?;
     if input.secret.is_some() {
         return Err(ApiError::invalid(
@@ -398,7 +410,7 @@ async fn update_endpoint(
     tag = "endpoints",
     summary = "Delete an endpoint (its deliveries stay, failed)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
-    responses((status = 204, description = "Deleted"), super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 204, description = "Deleted"), super::openapi::AuthErrors, NoSuchEndpoint, super::openapi::Unavailable),
 )]
 #[delete("/endpoints/{id}")]
 async fn delete_endpoint(
@@ -406,9 +418,7 @@ async fn delete_endpoint(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let id = endpoint_id(&path)?;
-    crate::telemetry::record_id("endpoint_id", id);
+    let id = admin_endpoint_id(&principal, &path)?;
     let mut conn = state.pool.get().await?;
     let deleted = conn
         .transaction(async |conn| {
@@ -445,7 +455,7 @@ pub struct RotateSecret {
     summary = "New signing secret; the old one verifies for 24 h more",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = Option<RotateSecret>, content_type = "application/json"),
-    responses((status = 200, description = "The new secret (shown once)", body = RotatedDto), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "The new secret (shown once)", body = RotatedDto), super::openapi::BodyErrors, super::openapi::AuthErrors, NoSuchEndpoint, super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/rotate-secret")]
 async fn rotate_endpoint_secret(
@@ -455,9 +465,7 @@ async fn rotate_endpoint_secret(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let id = endpoint_id(&path)?;
-    crate::telemetry::record_id("endpoint_id", id);
+    let id = admin_endpoint_id(&principal, &path)?;
     // The body is optional: `{"grace": "1h"}` shortens or lengthens the overlap.
     let grace = if super::body::has_body(&req) {
         let input: RotateSecret = read_json(&req, body, 4096, "4 KiB").await?;
@@ -510,7 +518,7 @@ pub struct RecoverWindow {
     summary = "Send the endpoint every event of a window it has not received",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = RecoverWindow, content_type = "application/json"),
-    responses((status = 202, description = "{recovered, replay_id}", body = Recovered), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "{recovered, replay_id}", body = Recovered), super::openapi::BodyErrors, super::openapi::AuthErrors, NoSuchEndpoint, (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/recover")]
 async fn recover_endpoint(
@@ -520,9 +528,7 @@ async fn recover_endpoint(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let id = endpoint_id(&path)?;
-    crate::telemetry::record_id("endpoint_id", id);
+    let id = admin_endpoint_id(&principal, &path)?;
     let input: RecoverWindow = read_json(&req, body, 4096, "4 KiB").await?;
     let since = super::deliveries::parse_rfc3339("since", &input.since)?;
     let until = match input.until {
@@ -619,7 +625,7 @@ pub struct TestEvent {
     summary = "Send the endpoint a test event (herald:test stream, to it only)",
     params(("id" = uuid::Uuid, Path, description = "Endpoint id")),
     request_body(content = TestEvent, content_type = "application/json"),
-    responses((status = 202, description = "{event_id, delivery_id, stream}", body = TestEventSent), super::openapi::BodyErrors, super::openapi::AuthErrors, (status = 404, description = "No such endpoint", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 202, description = "{event_id, delivery_id, stream}", body = TestEventSent), super::openapi::BodyErrors, super::openapi::AuthErrors, NoSuchEndpoint, (status = 409, description = "The endpoint is disabled", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[post("/endpoints/{id}/test")]
 async fn send_test_event(
@@ -629,9 +635,7 @@ async fn send_test_event(
     principal: Principal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    principal.require_admin()?;
-    let id = endpoint_id(&path)?;
-    crate::telemetry::record_id("endpoint_id", id);
+    let id = admin_endpoint_id(&principal, &path)?;
     let (event_type, payload) = if super::body::has_body(&req) {
         let input: TestEvent = read_json(&req, body, 64 * 1024, "64 KiB").await?;
         let event_type = input
