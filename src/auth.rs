@@ -84,6 +84,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The principal of a stored key.
+    pub fn of(key: &crate::db::models::api_key::ApiKey) -> Self {
+        Self {
+            key_id: key.id,
+            role: key.role(),
+            max_held: key.max_held.and_then(|n| usize::try_from(n).ok()),
+            stream_prefixes: key.stream_prefixes.clone(),
+        }
+    }
+
     /// Registers a held request (long-poll or SSE) of this key, within its cap on this
     /// instance: `429` with `Retry-After` past it.
     pub fn hold(
@@ -134,6 +144,17 @@ impl Principal {
                 .iter()
                 .any(|p| stream.starts_with(p.as_str())),
         }
+    }
+
+    /// Keys that may read some stream (admins and subscribers), for routes that follow
+    /// streams chosen later (a WebSocket).
+    pub fn require_reader(&self) -> Result<(), ApiError> {
+        if self.role == Role::Publisher {
+            return Err(ApiError::Forbidden(
+                "publisher keys cannot read streams; use a subscriber or admin key".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Admins, and subscribers whose prefixes cover `stream`.
@@ -216,12 +237,7 @@ async fn authenticate_session(state: &AppState, cookie: CookieAuth) -> Result<Pr
             ));
         }
     }
-    Ok(Principal {
-        key_id: key.id,
-        role: key.role(),
-        max_held: key.max_held.and_then(|n| usize::try_from(n).ok()),
-        stream_prefixes: key.stream_prefixes,
-    })
+    Ok(Principal::of(&key))
 }
 
 async fn authenticate(state: &AppState, raw: Option<String>) -> Result<Principal, ApiError> {
@@ -238,12 +254,7 @@ async fn authenticate(state: &AppState, raw: Option<String>) -> Result<Principal
     let key = api_key::find_by_hash(&mut conn, &hash)
         .await?
         .ok_or(ApiError::Unauthorized("unknown API key"))?;
-    let principal = Principal {
-        key_id: key.id,
-        role: key.role(),
-        max_held: key.max_held.and_then(|n| usize::try_from(n).ok()),
-        stream_prefixes: key.stream_prefixes,
-    };
+    let principal = Principal::of(&key);
     state.keys.put(hash, principal.clone());
     Ok(principal)
 }

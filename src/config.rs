@@ -81,6 +81,17 @@ pub struct Settings {
     /// `HERALD_SSE_MAX_LIFETIME`: SSE connections are closed after this long, so that
     /// clients reconnect (and rebalance across instances).
     pub sse_max_lifetime: Duration,
+    /// `HERALD_WS_PING`: how often an idle WebSocket is pinged; one that has sent nothing
+    /// (not even a pong) for two of these is closed.
+    pub ws_ping: Duration,
+    /// `HERALD_WS_MAX_LIFETIME`: WebSockets are closed after this long (1001, going away),
+    /// so that clients reconnect (and rebalance across instances).
+    pub ws_max_lifetime: Duration,
+    /// `HERALD_WS_MAX_SUBSCRIPTIONS`: streams one WebSocket may follow at once.
+    pub ws_max_subscriptions: usize,
+    /// `HERALD_WS_MAX_QUEUE`: messages queued for a WebSocket that does not read them;
+    /// beyond, it is closed (4008) and resumes from its cursors when it reconnects.
+    pub ws_max_queue: usize,
     /// `HERALD_RETRY_SCHEDULE`: delays between webhook attempts.
     pub retry_schedule: RetrySchedule,
     /// `HERALD_DELIVERY_TIMEOUT`: per webhook attempt.
@@ -203,10 +214,23 @@ impl Settings {
         let fallback_interval = parse!("HERALD_LONGPOLL_FALLBACK_INTERVAL", "1s", parse_duration)?;
         let sse_heartbeat = parse!("HERALD_SSE_HEARTBEAT", "15s", parse_duration)?;
         let sse_max_lifetime = parse!("HERALD_SSE_MAX_LIFETIME", "10m", parse_duration)?;
+        let ws_ping = parse!("HERALD_WS_PING", "15s", parse_duration)?;
+        let ws_max_lifetime = parse!("HERALD_WS_MAX_LIFETIME", "1h", parse_duration)?;
+        let count = |raw: &str| {
+            raw.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("expected a whole number above 0, got {raw:?}"))
+        };
+        let ws_max_subscriptions = parse!("HERALD_WS_MAX_SUBSCRIPTIONS", "1000", count)?;
+        let ws_max_queue = parse!("HERALD_WS_MAX_QUEUE", "10000", count)?;
         for (var, value) in [
             ("HERALD_LONGPOLL_FALLBACK_INTERVAL", fallback_interval),
             ("HERALD_SSE_HEARTBEAT", sse_heartbeat),
             ("HERALD_SSE_MAX_LIFETIME", sse_max_lifetime),
+            ("HERALD_WS_PING", ws_ping),
+            ("HERALD_WS_MAX_LIFETIME", ws_max_lifetime),
         ] {
             if value.is_zero() {
                 return Err(ConfigError {
@@ -290,6 +314,10 @@ impl Settings {
             fallback_interval,
             sse_heartbeat,
             sse_max_lifetime,
+            ws_ping,
+            ws_max_lifetime,
+            ws_max_subscriptions,
+            ws_max_queue,
             retry_schedule,
             delivery_timeout,
             disable_after,

@@ -80,6 +80,31 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// What went wrong, for people (`None` for internal errors, which are logged instead).
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::Malformed(d)
+            | Self::UnsupportedMediaType(d)
+            | Self::PayloadTooLarge(d)
+            | Self::RequestTimeout(d)
+            | Self::Forbidden(d)
+            | Self::NotFound(d)
+            | Self::Conflict(d) => Some(d.clone()),
+            Self::Invalid { field, detail } => Some(format!("{field}: {detail}")),
+            Self::Unauthorized(d) => Some((*d).to_owned()),
+            Self::Gone { earliest_after } => Some(format!(
+                "events before this cursor have been purged; resume with after={earliest_after}"
+            )),
+            Self::Unavailable { detail, .. } | Self::TooManyRequests { detail, .. } => {
+                Some(detail.clone())
+            }
+            Self::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                None
+            }
+        }
+    }
+
     /// Shorthand for [`ApiError::Invalid`].
     pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> Self {
         Self::Invalid {
@@ -170,27 +195,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        let detail = match self {
-            Self::Malformed(d)
-            | Self::UnsupportedMediaType(d)
-            | Self::PayloadTooLarge(d)
-            | Self::RequestTimeout(d)
-            | Self::Forbidden(d)
-            | Self::NotFound(d)
-            | Self::Conflict(d) => Some(d.clone()),
-            Self::Invalid { field, detail } => Some(format!("{field}: {detail}")),
-            Self::Unauthorized(d) => Some((*d).to_owned()),
-            Self::Gone { earliest_after } => Some(format!(
-                "events before this cursor have been purged; resume with after={earliest_after}"
-            )),
-            Self::Unavailable { detail, .. } | Self::TooManyRequests { detail, .. } => {
-                Some(detail.clone())
-            }
-            Self::Internal(cause) => {
-                tracing::error!(%cause, "internal error");
-                None
-            }
-        };
+        let detail = self.detail();
         let body = Problem {
             kind: format!("urn:herald:problem:{}", self.slug()),
             title: self.title(),

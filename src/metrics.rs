@@ -65,8 +65,12 @@ pub struct Metrics {
     pub publish_to_answer: Histogram,
     /// Console live feeds (`GET /v1/deliveries/changes`) open now.
     pub console_feeds: Gauge,
-    sse_open: std::sync::atomic::AtomicUsize,
-    sse_streams: Gauge,
+    /// SSE streams open now.
+    pub sse: OpenCount,
+    /// WebSockets open now.
+    pub ws_sockets: OpenCount,
+    /// Streams followed over WebSockets now.
+    pub ws_subscriptions: OpenCount,
     waiters: Gauge,
     held: Gauge,
     watched_streams: Gauge,
@@ -87,6 +91,49 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// A count of things open now, published as a gauge.
+pub struct OpenCount {
+    open: std::sync::atomic::AtomicUsize,
+    gauge: Gauge,
+}
+
+impl std::fmt::Debug for OpenCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenCount")
+            .field("open", &self.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpenCount {
+    fn new(gauge: Gauge) -> Self {
+        Self {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            gauge,
+        }
+    }
+
+    /// One more is open.
+    pub fn opened(&self) {
+        let open = self.open.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.gauge.set(open as f64);
+    }
+
+    /// One has closed.
+    pub fn closed(&self) {
+        let open = self
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(1);
+        self.gauge.set(open as f64);
+    }
+
+    /// How many are open.
+    pub fn get(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -240,11 +287,15 @@ impl Metrics {
                 "herald_console_feeds",
                 "Console live feeds (GET /v1/deliveries/changes) open now: one per browser.",
             ),
-            sse_open: std::sync::atomic::AtomicUsize::new(0),
-            sse_streams: gauge("herald_sse_streams", "SSE streams open now."),
+            sse: OpenCount::new(gauge("herald_sse_streams", "SSE streams open now.")),
+            ws_sockets: OpenCount::new(gauge("herald_ws_sockets", "WebSockets open now.")),
+            ws_subscriptions: OpenCount::new(gauge(
+                "herald_ws_subscriptions",
+                "Streams followed over WebSockets now.",
+            )),
             waiters: gauge(
                 "herald_waiters",
-                "Long-polls and SSE streams held open now.",
+                "Long-polls, SSE streams and WebSocket subscriptions held open now.",
             ),
             held: gauge(
                 "herald_held_longpolls",
@@ -272,9 +323,9 @@ impl Metrics {
 
     /// The exposition text, after setting the scrape-time gauges.
     pub fn render(&self, gauges: Gauges) -> String {
-        let sse = self.sse_open.load(std::sync::atomic::Ordering::Relaxed);
+        let others = self.sse.get() + self.ws_subscriptions.get();
         self.waiters.set(gauges.waiters as f64);
-        self.held.set(gauges.waiters.saturating_sub(sse) as f64);
+        self.held.set(gauges.waiters.saturating_sub(others) as f64);
         self.watched_streams.set(gauges.watched_streams as f64);
         if let Some(due) = gauges.due {
             self.due.set(due as f64);
@@ -302,23 +353,5 @@ impl Metrics {
                 _ = ticker.tick() => self.recorder.handle().run_upkeep(),
             }
         }
-    }
-
-    /// Counts an SSE stream that opened.
-    pub fn sse_opened(&self) {
-        let open = self
-            .sse_open
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            + 1;
-        self.sse_streams.set(open as f64);
-    }
-
-    /// Counts an SSE stream that ended.
-    pub fn sse_closed(&self) {
-        let open = self
-            .sse_open
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed)
-            .saturating_sub(1);
-        self.sse_streams.set(open as f64);
     }
 }

@@ -15,6 +15,7 @@ pub mod replays;
 pub mod sessions;
 mod sse;
 pub mod streams;
+pub mod ws;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
@@ -37,7 +38,8 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
                 .configure(sessions::routes)
                 .configure(overview::routes)
                 .configure(streams::routes)
-                .configure(keys::routes),
+                .configure(keys::routes)
+                .configure(ws::routes),
         )
         .default_service(web::to(not_found));
 }

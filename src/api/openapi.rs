@@ -179,7 +179,7 @@ impl Modify for Security {
         license(name = "Apache-2.0"),
     ),
     paths(openapi_json, docs_page),
-    components(schemas(Problem)),
+    components(schemas(Problem, super::ws::ClientMessage, super::ws::ServerMessage)),
     security(("bearer" = []), ("session" = [])),
     modifiers(&Security),
 )]

@@ -101,7 +101,7 @@ pub(super) async fn stream_sse(
         ),
         started: false,
     };
-    sse.state.metrics.sse_opened();
+    sse.state.metrics.sse.opened();
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -131,7 +131,7 @@ struct Sse {
 
 impl Drop for Sse {
     fn drop(&mut self) {
-        self.state.metrics.sse_closed();
+        self.state.metrics.sse.closed();
     }
 }
 

@@ -679,3 +679,54 @@ async fn eight_tabs_share_one_live_feed_and_every_tab_hears_of_changes() {
     app.wait_for_metric("herald_console_feeds", 0).await;
     browser.close().await;
 }
+
+/// A page's own `WebSocket` (Chromium's, not a test client) follows a stream through a
+/// ticket: the way a browser app connects, since it cannot send a key in a header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pages_websocket_receives_events_through_a_ticket() {
+    let app = console_app().await;
+    let browser = Browser::start(&app.address).await;
+    browser.goto("/admin/").await;
+    let ticket: Value = app
+        .post("/v1/ws/tickets", &json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let url = format!(
+        "{}/v1/ws?ticket={}",
+        app.address.replacen("http://", "ws://", 1),
+        ticket["ticket"].as_str().unwrap()
+    );
+    browser
+        .js(
+            "window.received = []; \
+             const ws = new WebSocket(arguments[0]); \
+             ws.onopen = () => ws.send(JSON.stringify({type: 'subscribe', stream: 'orders:7', after: 0})); \
+             ws.onmessage = (m) => window.received.push(JSON.parse(m.data));",
+            vec![json!(url)],
+        )
+        .await;
+    browser
+        .wait_until(
+            "the subscription",
+            "window.received.some(m => m.type === 'subscribed')",
+        )
+        .await;
+    let event = app
+        .publish("orders:7", "order.shipped", json!({"carrier": "post"}))
+        .await;
+    browser
+        .wait_until("the event", "window.received.some(m => m.type === 'event')")
+        .await;
+    let received = browser
+        .js(
+            "return window.received.find(m => m.type === 'event');",
+            vec![],
+        )
+        .await;
+    assert_eq!(received["stream"], "orders:7");
+    assert_eq!(received["seq"], 1);
+    assert_eq!(received["event"], event);
+    browser.close().await;
+}

@@ -32,3 +32,4 @@ mod sse;
 mod streams;
 mod throttle;
 mod webhooks;
+mod websockets;

@@ -272,7 +272,7 @@ async fn the_migration_counts_the_deliveries_already_there() {
     assert_exact(&app, "before", |c| c.by_status.get("succeeded") == Some(&6)).await;
 
     // Back to the schema before the counters (000012), and so before the error index
-    // (000013) and time-ordered delivery ids (000014).
+    // (000013), time-ordered delivery ids (000014) and WebSocket tickets (000015).
     let url = app.database_url.clone();
     tokio::task::spawn_blocking(move || {
         use diesel::Connection as _;
@@ -281,7 +281,12 @@ async fn the_migration_counts_the_deliveries_already_there() {
             diesel_async::AsyncPgConnection,
         >::establish(&url)
         .unwrap();
-        for expected in ["20261202000014", "20261202000013", "20261202000012"] {
+        for expected in [
+            "20261203000015",
+            "20261202000014",
+            "20261202000013",
+            "20261202000012",
+        ] {
             let reverted = conn.revert_last_migration(herald::db::MIGRATIONS).unwrap();
             assert!(reverted.to_string().starts_with(expected), "{reverted}");
         }

@@ -10,3 +10,4 @@ pub mod overview;
 pub mod replay;
 pub mod session;
 pub mod stream;
+pub mod ws_ticket;

@@ -1,0 +1,650 @@
+//! `GET /v1/ws`: many streams over one WebSocket, on the same hub as long-polls and SSE;
+//! `POST /v1/ws/tickets`: a single-use ticket for browsers, which cannot send a header
+//! with a WebSocket.
+//!
+//! The protocol (docs/websockets.md) is JSON text messages. The client sends `subscribe
+//! {stream, after}` and `unsubscribe {stream}`; the server answers `subscribed {stream,
+//! next_after}`, `unsubscribed {stream}` or a per-stream `error {stream, status, detail}`
+//! without closing the socket, and sends `event {stream, seq, event}` in seq order per
+//! stream, once each.
+//!
+//! Each subscription is a hub subscription followed by a task of its own on this worker's
+//! thread: it catches up from the database from its cursor (one page at a time, as SSE
+//! does), then takes what the hub's one read per stream put in the slot. Everything the
+//! socket sends goes through one bounded queue: a client that does not read is closed
+//! (4008) once the queue is full, and its subscriptions are dropped at once; the others
+//! never wait for it. A socket holds no pooled connection while idle.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, ResponseError as _, get, post, web};
+use actix_ws::{CloseCode, CloseReason, Message};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt as _;
+use rand::RngCore as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::streams::{fetch_page, unavailable};
+use crate::auth::Principal;
+use crate::db::models::ws_ticket;
+use crate::domain::StreamName;
+use crate::error::ApiError;
+use crate::metrics::inc;
+use crate::state::AppState;
+use crate::streams::holds::Hold;
+use crate::streams::hub::{EventJson, Subscription, Taken};
+
+/// How long a ticket works.
+pub const TICKET_TTL: Duration = Duration::from_secs(60);
+/// Events read from the database per page while a subscription catches up.
+const CATCH_UP_LIMIT: i64 = 500;
+/// How long a closing socket waits for its client to take the close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
+/// Close code for a client whose unsent queue passed `HERALD_WS_MAX_QUEUE`.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Close code for a socket whose API key was deleted.
+pub const CLOSE_KEY_REVOKED: u16 = 4001;
+/// Close code for a client that answered no ping for two intervals.
+pub const CLOSE_UNRESPONSIVE: u16 = 4002;
+
+/// Registers the routes (each documented by its `#[utoipa::path]`).
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(create_ticket).service(open_socket);
+}
+
+/// A ticket that opens one WebSocket as the key that asked for it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WsTicket {
+    /// Pass it as `GET /v1/ws?ticket=...`; it works once.
+    pub ticket: String,
+    /// It stops working then (60 s after it was made).
+    pub expires_at: DateTime<Utc>,
+}
+
+fn ticket_hash(ticket: &str) -> Vec<u8> {
+    Sha256::digest(ticket.as_bytes()).to_vec()
+}
+
+#[utoipa::path(
+    tag = "streams",
+    summary = "A single-use ticket (60 s) to open a WebSocket from a browser",
+    responses((status = 201, description = "The ticket", body = WsTicket), super::openapi::AuthErrors, super::openapi::Unavailable),
+)]
+#[post("/ws/tickets")]
+async fn create_ticket(
+    principal: Principal,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    principal.require_reader()?;
+    let mut bytes = [0_u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let ticket = format!("wst_{}", URL_SAFE_NO_PAD.encode(bytes));
+    let expires_at = Utc::now() + TICKET_TTL;
+    let mut conn = state.pool.get().await?;
+    ws_ticket::purge_expired(&mut conn).await?;
+    ws_ticket::insert(
+        &mut conn,
+        &ticket_hash(&ticket),
+        principal.key_id,
+        expires_at,
+    )
+    .await?;
+    Ok(HttpResponse::Created()
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+        .json(WsTicket { ticket, expires_at }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SocketQuery {
+    ticket: Option<String>,
+}
+
+/// Who opens the socket: a ticket, or the `Authorization` header. A console session
+/// cookie is not enough (a page on another site could open a socket with it); the console
+/// asks for a ticket with its session instead. A key in the URL is refused: URLs end up in
+/// logs and histories.
+async fn socket_principal(req: &HttpRequest, state: &AppState) -> Result<Principal, ApiError> {
+    let query = web::Query::<SocketQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::Malformed(format!("bad query string: {e}")))?;
+    if req.query_string().contains("hrld_") {
+        return Err(ApiError::Unauthorized(
+            "never put an API key in a URL; send it as `Authorization: Bearer <key>`, or get a \
+             ticket (POST /v1/ws/tickets) and pass ?ticket=",
+        ));
+    }
+    if let Some(ticket) = query.ticket.as_deref() {
+        let mut conn = state.pool.get().await?;
+        let key = ws_ticket::take(&mut conn, &ticket_hash(ticket))
+            .await?
+            .ok_or(ApiError::Unauthorized(
+                "that ticket is unknown, expired or already used; get a new one",
+            ))?;
+        return Ok(Principal::of(&key));
+    }
+    if req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .is_none()
+    {
+        return Err(ApiError::Unauthorized(
+            "send `Authorization: Bearer <key>`, or pass ?ticket= (POST /v1/ws/tickets)",
+        ));
+    }
+    use actix_web::FromRequest as _;
+    Principal::extract(req).await
+}
+
+#[utoipa::path(
+    tag = "streams",
+    summary = "Many streams over one WebSocket (protocol: ClientMessage / ServerMessage)",
+    description = "Upgrades to a WebSocket. Authenticate with `Authorization: Bearer <key>` or, \
+                   from a browser, `?ticket=` from POST /v1/ws/tickets. Send `ClientMessage`s \
+                   as JSON text; receive `ServerMessage`s. See docs/websockets.md.",
+    params(("ticket" = Option<String>, Query, description = "A ticket from POST /v1/ws/tickets")),
+    responses((status = 101, description = "Switching to the WebSocket protocol"), (status = 400, description = "Not a WebSocket handshake", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::AuthErrors, (status = 429, description = "The key holds as many long-polls, SSE streams and sockets as it may", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+)]
+#[get("/ws")]
+async fn open_socket(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let principal = socket_principal(&req, &state).await?;
+    principal.require_reader()?;
+    if state.stopping.is_cancelled() {
+        return Err(unavailable(
+            "Herald is shutting down; connect to another instance",
+        ));
+    }
+    let hold = principal.hold(&state.key_holds, state.settings.max_waiters_per_key)?;
+    let (response, session, messages) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::Malformed(format!("not a WebSocket handshake: {e}")))?;
+    state.metrics.ws_sockets.opened();
+    let socket = Socket::new(state.into_inner(), principal, hold, session);
+    actix_web::rt::spawn(socket.run(messages));
+    Ok(response)
+}
+
+/// What a client sends, as JSON text.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Follow `stream` from just after `after` (the last seq seen; 0 for the beginning).
+    Subscribe {
+        /// The stream.
+        stream: String,
+        /// The last seq this client has seen.
+        #[serde(default)]
+        after: i64,
+        /// Echoed in the reply.
+        #[serde(default)]
+        #[schema(value_type = Option<Value>)]
+        id: Option<Value>,
+    },
+    /// Stop following `stream`.
+    Unsubscribe {
+        /// The stream.
+        stream: String,
+        /// Echoed in the reply.
+        #[serde(default)]
+        #[schema(value_type = Option<Value>)]
+        id: Option<Value>,
+    },
+}
+
+/// What the server sends, as JSON text.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The stream is followed; events after `next_after` follow.
+    Subscribed {
+        /// The stream.
+        stream: String,
+        /// The cursor the subscription starts from.
+        next_after: i64,
+        /// The request's `id`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Value>)]
+        id: Option<Value>,
+    },
+    /// The stream is no longer followed: no event of it comes after this.
+    Unsubscribed {
+        /// The stream.
+        stream: String,
+        /// The request's `id`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Value>)]
+        id: Option<Value>,
+    },
+    /// A request failed (or a subscription ended); the socket stays open.
+    Error {
+        /// The stream it concerns, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream: Option<String>,
+        /// As HTTP would say it: 400 unreadable message, 403 not readable with this key,
+        /// 409 already subscribed, 410 cursor older than retention, 422 bad stream name or
+        /// cursor, 429 too many subscriptions, 503 the instance is full or its database
+        /// unreachable.
+        status: u16,
+        /// What went wrong, for people.
+        detail: String,
+        /// For 410: the cursor to resume from.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        earliest_after: Option<i64>,
+        /// The request's `id`, if it had one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(value_type = Option<Value>)]
+        id: Option<Value>,
+    },
+    /// An event of a followed stream, in seq order per stream.
+    Event {
+        /// The stream.
+        stream: String,
+        /// Its seq.
+        seq: i64,
+        /// The event, as long-polls and SSE show it.
+        #[schema(value_type = crate::streams::event_json::EventDto)]
+        event: Box<serde_json::value::RawValue>,
+    },
+}
+
+impl ServerMessage {
+    fn error(stream: Option<String>, err: &ApiError, id: Option<Value>) -> Self {
+        Self::Error {
+            stream,
+            status: err.status_code().as_u16(),
+            detail: err.detail().unwrap_or_else(|| "internal error".into()),
+            earliest_after: match err {
+                ApiError::Gone { earliest_after } => Some(*earliest_after),
+                _ => None,
+            },
+            id,
+        }
+    }
+
+    fn text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// An `event` message, written without re-serializing the event (it was serialized once,
+/// for every reader, when the hub took it): `stream_json` is the stream name as JSON.
+fn event_text(stream_json: &str, event: &EventJson) -> String {
+    let mut out = String::with_capacity(event.json.len() + stream_json.len() + 48);
+    out.push_str("{\"type\":\"event\",\"stream\":");
+    out.push_str(stream_json);
+    out.push_str(",\"seq\":");
+    out.push_str(&event.seq.to_string());
+    out.push_str(",\"event\":");
+    out.push_str(&event.json);
+    out.push('}');
+    out
+}
+
+/// The queue every message of one socket goes through, bounded: a message that does not
+/// fit closes the socket.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<String>,
+    overflow: CancellationToken,
+}
+
+impl Outbox {
+    /// Queues `text`; returns false (and marks the socket too slow) when it does not fit.
+    fn send(&self, text: String) -> bool {
+        if self.tx.try_send(text).is_ok() {
+            return true;
+        }
+        self.overflow.cancel();
+        false
+    }
+}
+
+/// One followed stream.
+struct Followed {
+    task: JoinHandle<()>,
+    _hold: Hold,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.metrics.ws_subscriptions.closed();
+    }
+}
+
+struct Socket {
+    state: std::sync::Arc<AppState>,
+    principal: Principal,
+    hold: Hold,
+    session: actix_ws::Session,
+    followed: HashMap<String, Followed>,
+}
+
+impl Socket {
+    fn new(
+        state: std::sync::Arc<AppState>,
+        principal: Principal,
+        hold: Hold,
+        session: actix_ws::Session,
+    ) -> Self {
+        Self {
+            state,
+            principal,
+            hold,
+            session,
+            followed: HashMap::new(),
+        }
+    }
+
+    async fn run(mut self, mut messages: actix_ws::MessageStream) {
+        let settings = self.state.settings.clone();
+        let (tx, mut rx) = mpsc::channel::<String>(settings.ws_max_queue);
+        let outbox = Outbox {
+            tx,
+            overflow: CancellationToken::new(),
+        };
+        // The writer: the only one that waits on the client.
+        let writer = {
+            let mut session = self.session.clone();
+            let overflow = outbox.overflow.clone();
+            actix_web::rt::spawn(async move {
+                while let Some(text) = rx.recv().await {
+                    if session.text(text).await.is_err() {
+                        overflow.cancel();
+                        return;
+                    }
+                }
+            })
+        };
+        let mut ping = tokio::time::interval(settings.ws_ping);
+        ping.reset();
+        let mut heard = Instant::now();
+        let end_at = Instant::now() + settings.ws_max_lifetime;
+        let stopping = self.state.stopping.clone();
+        let revoked = self.hold.token();
+        let close = loop {
+            tokio::select! {
+                message = messages.next() => {
+                    heard = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(text))) => self.handle(&text, &outbox),
+                        Some(Ok(Message::Binary(_))) => {
+                            let err = ApiError::Malformed("send JSON text messages".into());
+                            outbox.send(ServerMessage::error(None, &err, None).text());
+                        }
+                        Some(Ok(Message::Ping(bytes))) => {
+                            let _ = tokio::time::timeout(Duration::from_secs(1), self.session.pong(&bytes)).await;
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                        Some(Ok(_)) => {}
+                    }
+                }
+                _ = ping.tick() => {
+                    if heard.elapsed() > settings.ws_ping * 2 {
+                        break Some(reason(CLOSE_UNRESPONSIVE, "no answer to two pings"));
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.session.ping(b"")).await;
+                }
+                () = outbox.overflow.cancelled() => break Some(reason(
+                    CLOSE_TOO_SLOW,
+                    "too slow: more unsent messages than HERALD_WS_MAX_QUEUE; reconnect and resume",
+                )),
+                () = stopping.cancelled() => break Some(CloseReason {
+                    code: CloseCode::Away,
+                    description: Some("shutting down; reconnect".into()),
+                }),
+                () = tokio::time::sleep_until(end_at) => break Some(CloseReason {
+                    code: CloseCode::Away,
+                    description: Some("maximum lifetime reached; reconnect".into()),
+                }),
+                () = revoked.cancelled() => break Some(reason(CLOSE_KEY_REVOKED, "the API key was deleted")),
+            }
+        };
+        // Subscriptions end first: their waiter slots and holds are free at once, whatever
+        // the client does with what is still unsent. A client too slow to read loses the
+        // queue too; the close frame goes after what the socket already took.
+        self.followed.clear();
+        if close
+            .as_ref()
+            .is_some_and(|c| c.code == CloseCode::Other(CLOSE_TOO_SLOW))
+        {
+            writer.abort();
+        }
+        drop(outbox);
+        if let Some(close) = close {
+            let _ = tokio::time::timeout(CLOSE_WAIT, self.session.close(Some(close))).await;
+        }
+        writer.abort();
+        self.state.metrics.ws_sockets.closed();
+    }
+
+    /// Answers one client message.
+    fn handle(&mut self, text: &str, outbox: &Outbox) {
+        let message = match super::body::parse_json::<ClientMessage>(text.as_bytes()) {
+            Ok(message) => message,
+            Err(err) => {
+                outbox.send(ServerMessage::error(None, &err, None).text());
+                return;
+            }
+        };
+        match message {
+            ClientMessage::Subscribe { stream, after, id } => {
+                if let Err(err) = self.subscribe(&stream, after, id.clone(), outbox) {
+                    outbox.send(ServerMessage::error(Some(stream), &err, id).text());
+                }
+            }
+            ClientMessage::Unsubscribe { stream, id } => {
+                // Dropping it aborts its task, which runs on this thread too: it never runs
+                // again, so nothing of the stream follows this reply.
+                self.followed.remove(&stream);
+                outbox.send(ServerMessage::Unsubscribed { stream, id }.text());
+            }
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        raw: &str,
+        after: i64,
+        id: Option<Value>,
+        outbox: &Outbox,
+    ) -> Result<(), ApiError> {
+        let stream = StreamName::parse(raw).map_err(|d| ApiError::invalid("stream", d))?;
+        if after < 0 {
+            return Err(ApiError::invalid("after", "must be a seq number >= 0"));
+        }
+        self.principal.require_read(&stream)?;
+        self.followed.retain(|_, f| !f.task.is_finished());
+        if self.followed.contains_key(stream.as_str()) {
+            return Err(ApiError::Conflict(format!(
+                "already subscribed to {raw:?}; unsubscribe first"
+            )));
+        }
+        let cap = self.state.settings.ws_max_subscriptions;
+        if self.followed.len() >= cap {
+            return Err(ApiError::TooManyRequests {
+                detail: format!(
+                    "this socket follows {cap} streams (HERALD_WS_MAX_SUBSCRIPTIONS); unsubscribe one"
+                ),
+                retry_after: 1,
+            });
+        }
+        let hold = self.principal.hold(
+            &self.state.key_holds,
+            self.state.settings.max_waiters_per_key,
+        )?;
+        let subscription = self
+            .state
+            .hub
+            .subscribe(stream.as_str(), after)
+            .map_err(|_| {
+                inc(&self.state.metrics.longpolls_rejected);
+                unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
+            })?;
+        let follow = Follow {
+            state: self.state.clone(),
+            stream_json: serde_json::to_string(stream.as_str()).unwrap_or_default(),
+            stream: stream.into_inner(),
+            cursor: after,
+            subscription,
+            outbox: outbox.clone(),
+        };
+        let task = actix_web::rt::spawn(follow.run(id));
+        self.state.metrics.ws_subscriptions.opened();
+        self.followed.insert(
+            raw.to_owned(),
+            Followed {
+                task,
+                _hold: hold,
+                metrics: self.state.metrics.clone(),
+            },
+        );
+        Ok(())
+    }
+}
+
+fn reason(code: u16, description: &str) -> CloseReason {
+    CloseReason {
+        code: CloseCode::Other(code),
+        description: Some(description.into()),
+    }
+}
+
+/// One subscription's task.
+struct Follow {
+    state: std::sync::Arc<AppState>,
+    stream: String,
+    stream_json: String,
+    cursor: i64,
+    subscription: Subscription,
+    outbox: Outbox,
+}
+
+impl Follow {
+    async fn run(mut self, id: Option<Value>) {
+        // The first page before `subscribed`, so that an expired cursor is an error reply.
+        let first =
+            match fetch_page(&self.state.pool, &self.stream, self.cursor, CATCH_UP_LIMIT).await {
+                Ok(first) => first,
+                Err(err) => {
+                    self.outbox
+                        .send(ServerMessage::error(Some(self.stream.clone()), &err, id).text());
+                    return;
+                }
+            };
+        let subscribed = ServerMessage::Subscribed {
+            stream: self.stream.clone(),
+            next_after: self.cursor,
+            id,
+        };
+        if !self.outbox.send(subscribed.text()) {
+            return;
+        }
+        let mut catching_up = first.len() as i64 == CATCH_UP_LIMIT;
+        if first.is_empty() {
+            self.subscription.caught_up(self.cursor);
+        }
+        if !self.send(&first) {
+            return;
+        }
+        loop {
+            if catching_up {
+                let page =
+                    match fetch_page(&self.state.pool, &self.stream, self.cursor, CATCH_UP_LIMIT)
+                        .await
+                    {
+                        Ok(page) => page,
+                        Err(err) => {
+                            self.outbox.send(
+                                ServerMessage::error(Some(self.stream.clone()), &err, None).text(),
+                            );
+                            return;
+                        }
+                    };
+                catching_up = page.len() as i64 == CATCH_UP_LIMIT;
+                if page.is_empty() {
+                    self.subscription.caught_up(self.cursor);
+                } else if !self.send(&page) {
+                    return;
+                }
+                continue;
+            }
+            self.subscription.changed().await;
+            match self.subscription.take(self.cursor, CATCH_UP_LIMIT as usize) {
+                Taken::Events(events) => {
+                    if !self.send(&events) {
+                        return;
+                    }
+                }
+                Taken::Nothing => {}
+                Taken::Gap => catching_up = true,
+            }
+        }
+    }
+
+    /// Queues `events` and moves the cursor past them; false when the socket is too slow.
+    fn send(&mut self, events: &[std::sync::Arc<EventJson>]) -> bool {
+        for event in events {
+            if event.seq <= self.cursor {
+                continue;
+            }
+            if !self.outbox.send(event_text(&self.stream_json, event)) {
+                return false;
+            }
+            self.cursor = event.seq;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_messages_are_what_the_schema_says() {
+        let event = EventJson {
+            seq: 7,
+            event_type: "order.paid".into(),
+            json: r#"{"id":"x","stream":"a\"b","type":"order.paid","seq":7,"payload":{"n":1},"created_at":"2026-01-01T00:00:00Z"}"#.into(),
+            created_at: Utc::now(),
+        };
+        let stream = "a\"b";
+        let text = event_text(&serde_json::to_string(stream).unwrap(), &event);
+        let typed = ServerMessage::Event {
+            stream: stream.into(),
+            seq: 7,
+            event: serde_json::value::RawValue::from_string(event.json.clone()).unwrap(),
+        };
+        let ours: Value = serde_json::from_str(&text).unwrap();
+        let serde: Value = serde_json::from_str(&typed.text()).unwrap();
+        assert_eq!(ours, serde);
+    }
+
+    #[test]
+    fn client_messages_parse_with_field_paths() {
+        let parsed: ClientMessage = super::super::body::parse_json(
+            br#"{"type":"subscribe","stream":"s","after":3,"id":1}"#,
+        )
+        .unwrap();
+        assert!(matches!(parsed, ClientMessage::Subscribe { after: 3, .. }));
+        let err =
+            super::super::body::parse_json::<ClientMessage>(br#"{"type":"subscribe","stream":5}"#)
+                .unwrap_err();
+        assert!(
+            matches!(err, ApiError::Invalid { .. } | ApiError::Malformed(_)),
+            "{err:?}"
+        );
+    }
+}
