@@ -156,6 +156,7 @@ impl Application {
         }
         let listener = TcpListener::bind(settings.listen)?;
         let port = listener.local_addr()?.port();
+        let catch_up_reads = (settings.db_pool_size / 2).max(1);
         let state = web::Data::new(AppState {
             pool,
             settings: Arc::new(settings),
@@ -169,6 +170,7 @@ impl Application {
             auth_failures: crate::auth::failure_limiter(),
             sign_ins: crate::api::sessions::sign_in_limiter(),
             stopping: CancellationToken::new(),
+            catch_up_reads: tokio::sync::Semaphore::new(catch_up_reads),
         });
         let app_state = state.clone();
         // Generated once from the same route registrations the workers use.
@@ -191,7 +193,7 @@ impl Application {
                     .url("/openapi.json", openapi.clone()),
             )
         })
-        .on_connect(disconnect::on_connect)
+        .on_connect(on_connect)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT.as_secs());
         if let Some(workers) = state.settings.http_workers {
@@ -311,6 +313,17 @@ async fn send_request_id(
         );
     }
     Ok(response)
+}
+
+/// Every new connection: remembers its socket for the disconnect watcher, and turns off
+/// Nagle's algorithm. A WebSocket sends an event as a small frame of its own; with Nagle on,
+/// a frame that follows one not yet acknowledged waits for the client's delayed ACK (40 ms
+/// on Linux), which showed as a 40 ms p99 in `herald bench websockets`.
+fn on_connect(conn: &dyn std::any::Any, extensions: &mut actix_web::dev::Extensions) {
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let _ = tcp.set_nodelay(true);
+    }
+    disconnect::on_connect(conn, extensions);
 }
 
 /// While shutting down, every request but `/healthz` is answered `503` with

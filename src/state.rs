@@ -41,6 +41,10 @@ pub struct AppState {
     /// Cancelled when shutdown begins: held long-polls, SSE streams and the console's
     /// feed end at once, and new requests are refused (`503`, `Connection: close`).
     pub stopping: CancellationToken,
+    /// Database reads that WebSocket subscriptions may make at once while they catch up
+    /// (half the pool): a burst of subscriptions queues here instead of timing out on the
+    /// pool.
+    pub catch_up_reads: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for AppState {

@@ -312,13 +312,33 @@ impl Outbox {
 /// One followed stream.
 struct Followed {
     task: JoinHandle<()>,
-    _hold: Hold,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Drop for Followed {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// What a subscription holds for as long as its task runs (aborted or ended): its place in
+/// the key's held requests and in the metrics.
+struct Counted {
+    _hold: Hold,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl Counted {
+    fn new(hold: Hold, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        metrics.ws_subscriptions.opened();
+        Self {
+            _hold: hold,
+            metrics,
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
         self.metrics.ws_subscriptions.closed();
     }
 }
@@ -493,6 +513,7 @@ impl Socket {
                 unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
             })?;
         let follow = Follow {
+            _counted: Counted::new(hold, self.state.metrics.clone()),
             state: self.state.clone(),
             stream_json: serde_json::to_string(stream.as_str()).unwrap_or_default(),
             stream: stream.into_inner(),
@@ -501,15 +522,7 @@ impl Socket {
             outbox: outbox.clone(),
         };
         let task = actix_web::rt::spawn(follow.run(id));
-        self.state.metrics.ws_subscriptions.opened();
-        self.followed.insert(
-            raw.to_owned(),
-            Followed {
-                task,
-                _hold: hold,
-                metrics: self.state.metrics.clone(),
-            },
-        );
+        self.followed.insert(raw.to_owned(), Followed { task });
         Ok(())
     }
 }
@@ -523,6 +536,7 @@ fn reason(code: u16, description: &str) -> CloseReason {
 
 /// One subscription's task.
 struct Follow {
+    _counted: Counted,
     state: std::sync::Arc<AppState>,
     stream: String,
     stream_json: String,
@@ -533,16 +547,16 @@ struct Follow {
 
 impl Follow {
     async fn run(mut self, id: Option<Value>) {
-        // The first page before `subscribed`, so that an expired cursor is an error reply.
-        let first =
-            match fetch_page(&self.state.pool, &self.stream, self.cursor, CATCH_UP_LIMIT).await {
-                Ok(first) => first,
-                Err(err) => {
-                    self.outbox
-                        .send(ServerMessage::error(Some(self.stream.clone()), &err, id).text());
-                    return;
-                }
-            };
+        // The first page before `subscribed`, so that an expired cursor is an error reply:
+        // from the hub when it already holds the stream past the cursor, else read.
+        let first = match self.read_first().await {
+            Ok(first) => first,
+            Err(err) => {
+                self.outbox
+                    .send(ServerMessage::error(Some(self.stream.clone()), &err, id).text());
+                return;
+            }
+        };
         let subscribed = ServerMessage::Subscribed {
             stream: self.stream.clone(),
             next_after: self.cursor,
@@ -560,18 +574,15 @@ impl Follow {
         }
         loop {
             if catching_up {
-                let page =
-                    match fetch_page(&self.state.pool, &self.stream, self.cursor, CATCH_UP_LIMIT)
-                        .await
-                    {
-                        Ok(page) => page,
-                        Err(err) => {
-                            self.outbox.send(
-                                ServerMessage::error(Some(self.stream.clone()), &err, None).text(),
-                            );
-                            return;
-                        }
-                    };
+                let page = match self.read().await {
+                    Ok(page) => page,
+                    Err(err) => {
+                        self.outbox.send(
+                            ServerMessage::error(Some(self.stream.clone()), &err, None).text(),
+                        );
+                        return;
+                    }
+                };
                 catching_up = page.len() as i64 == CATCH_UP_LIMIT;
                 if page.is_empty() {
                     self.subscription.caught_up(self.cursor);
@@ -591,6 +602,26 @@ impl Follow {
                 Taken::Gap => catching_up = true,
             }
         }
+    }
+
+    async fn read_first(&self) -> Result<Vec<std::sync::Arc<EventJson>>, ApiError> {
+        match self.subscription.peek(self.cursor, CATCH_UP_LIMIT as usize) {
+            Some(events) => Ok(events),
+            None => self.read().await,
+        }
+    }
+
+    /// A page after the cursor from the database. Subscriptions made together (a socket
+    /// that resubscribes to a thousand streams) read a few at a time instead of all
+    /// waiting on the pool at once, where most would time out.
+    async fn read(&self) -> Result<Vec<std::sync::Arc<EventJson>>, ApiError> {
+        let _permit = self
+            .state
+            .catch_up_reads
+            .acquire()
+            .await
+            .map_err(|_| unavailable("Herald is shutting down"))?;
+        fetch_page(&self.state.pool, &self.stream, self.cursor, CATCH_UP_LIMIT).await
     }
 
     /// Queues `events` and moves the cursor past them; false when the socket is too slow.

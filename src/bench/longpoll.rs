@@ -122,24 +122,13 @@ async fn waiter(
     }
 }
 
-async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<u64> {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 /// Waits until Herald holds `count` waiters (or 120 s pass); returns how many it holds.
 async fn wait_for_waiters(client: &reqwest::Client, base: &str, count: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let held = metric(client, base, "herald_waiters").await.unwrap_or(0);
+        let held = super::metric(client, base, "herald_waiters")
+            .await
+            .unwrap_or(0);
         if held >= count || Instant::now() > deadline {
             return held;
         }
@@ -283,7 +272,7 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
         options.duration.as_secs_f64()
     );
     measuring.store(true, Ordering::Relaxed);
-    let reads_before = metric(&client, &base, "herald_hub_reads_total").await;
+    let reads_before = super::metric(&client, &base, "herald_hub_reads_total").await;
     let catch_up = options.catch_up_reader.then(|| {
         let url = format!(
             "{base}/v1/streams/{}/events?after=0&limit=1&wait=1",
@@ -316,7 +305,7 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     measuring.store(false, Ordering::Relaxed);
-    let reads_after = metric(&client, &base, "herald_hub_reads_total").await;
+    let reads_after = super::metric(&client, &base, "herald_hub_reads_total").await;
     report_rss(pid, "after the latency phase");
     stop.cancel();
     if let Some(catch_up) = catch_up {
@@ -409,7 +398,7 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
 async fn wait_for_waiters_to_drain(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if metric(client, base, "herald_waiters").await == Some(0) {
+        if super::metric(client, base, "herald_waiters").await == Some(0) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,5 +1,5 @@
 //! `herald bench ...`: load generators that report throughput, latency, memory and CPU.
-//! `ingest` and `longpoll` drive a running Herald over HTTP; `webhooks` starts its own
+//! `ingest`, `longpoll` and `websockets` drive a running Herald over HTTP; `webhooks` starts its own
 //! Herald processes (one phase needs two in turn); `fill` writes history into a database; `views` times the operator's calls. They are tools, not tests: run them on a
 //! release build and record the figures with the exact command in `docs/benchmarks.md`.
 
@@ -8,6 +8,7 @@ mod ingest;
 mod longpoll;
 mod views;
 mod webhooks;
+mod websockets;
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -17,6 +18,7 @@ pub use ingest::IngestOptions;
 pub use longpoll::LongpollOptions;
 pub use views::ViewsOptions;
 pub use webhooks::WebhooksOptions;
+pub use websockets::WebsocketsOptions;
 
 /// The benchmarks.
 #[derive(Debug, Subcommand)]
@@ -32,6 +34,9 @@ pub enum BenchCommand {
     /// the drain of a backlog queued by another process, latency at a steady rate, and
     /// PostgreSQL CPU; starts its own Herald processes and receiver.
     Webhooks(WebhooksOptions),
+    /// Hold N WebSockets following M streams each; measure memory per socket and per
+    /// subscription, publish-to-receive latency at a steady rate, and fan-out.
+    Websockets(WebsocketsOptions),
     /// Time the operator's calls (console pages, delivery filters, replay preview,
     /// endpoints, /metrics) against a running Herald: p50, p99 and max per call.
     Views(ViewsOptions),
@@ -45,6 +50,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Longpoll(options) => longpoll::run(options).await,
         BenchCommand::Webhooks(options) => webhooks::run(options).await,
         BenchCommand::Views(options) => views::run(options).await,
+        BenchCommand::Websockets(options) => websockets::run(options).await,
     }
 }
 
@@ -54,6 +60,20 @@ fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
         .pool_max_idle_per_host(connections)
         .no_proxy()
         .build()?)
+}
+
+/// A counter or gauge from Herald's `/metrics`.
+async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<u64> {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Checks `/readyz`; returns the base URL without a trailing slash.
