@@ -11,6 +11,7 @@
 //! - `outcome`: the pure rules that turn an answer into the delivery's next state.
 
 mod limits;
+pub mod ops;
 pub mod outcome;
 pub mod queue;
 mod recorder;

@@ -25,6 +25,7 @@ use rand::Rng as _;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use super::ops::OpsEvent;
 use super::outcome::{Answer, Next, next};
 use super::sender::Sent;
 use super::worker::{OPS_STREAM, Worker};
@@ -312,32 +313,31 @@ impl Worker {
             if r.next == Next::Exhausted && r.claimed.stream != OPS_STREAM {
                 // Not for deliveries of ops events themselves: a failing endpoint
                 // subscribed to herald:ops would otherwise feed itself forever.
-                ops.push((
-                    "delivery.failed",
-                    serde_json::json!({
-                        "delivery_id": r.claimed.id,
-                        "endpoint_id": r.claimed.endpoint_id,
-                        "event_id": r.claimed.event_id,
-                        "event_type": r.claimed.event_type,
-                        "stream": r.claimed.stream,
-                        "attempts": r.claimed.attempts,
-                        "last_error": r.outcome.error,
-                    }),
-                ));
+                ops.push(OpsEvent::DeliveryFailed {
+                    delivery_id: r.claimed.id,
+                    endpoint_id: r.claimed.endpoint_id,
+                    event_id: r.claimed.event_id,
+                    event_type: r.claimed.event_type.clone(),
+                    stream: r.claimed.stream.clone(),
+                    attempts: r.claimed.attempts,
+                    last_error: r.outcome.error.clone(),
+                });
             }
         }
         for (endpoint_id, reason) in effects.disabled {
             tracing::warn!(endpoint = %endpoint_id, %reason, "endpoint disabled");
-            ops.push((
-                "endpoint.disabled",
-                serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "reason": reason}),
-            ));
+            ops.push(OpsEvent::EndpointDisabled {
+                endpoint_id,
+                url: url_of(endpoint_id),
+                reason,
+            });
         }
         for (endpoint_id, since) in effects.recovered {
-            ops.push((
-                "endpoint.recovered",
-                serde_json::json!({"endpoint_id": endpoint_id, "url": url_of(endpoint_id), "failing_since": since}),
-            ));
+            ops.push(OpsEvent::EndpointRecovered {
+                endpoint_id,
+                url: url_of(endpoint_id),
+                failing_since: since,
+            });
         }
         self.publish_ops(ops).await;
     }

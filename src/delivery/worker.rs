@@ -440,14 +440,14 @@ impl Worker {
     }
 
     /// Publishes operational events on `herald:ops` (best effort: a failure is logged).
-    pub(super) async fn publish_ops(&self, ops: Vec<(&'static str, serde_json::Value)>) {
+    pub(super) async fn publish_ops(&self, ops: Vec<super::ops::OpsEvent>) {
         let events: Vec<PendingEvent> = ops
             .into_iter()
-            .filter_map(|(event_type, payload)| {
+            .filter_map(|event| {
                 Some(PendingEvent::new(
                     StreamName::parse(OPS_STREAM).ok()?,
-                    EventType::parse(event_type).ok()?,
-                    RawJson(serde_json::value::to_raw_value(&payload).ok()?),
+                    EventType::parse(event.event_type()).ok()?,
+                    RawJson(serde_json::value::to_raw_value(&event).ok()?),
                 ))
             })
             .collect();
