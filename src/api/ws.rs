@@ -548,8 +548,10 @@ struct Follow {
 impl Follow {
     async fn run(mut self, id: Option<Value>) {
         // The first page before `subscribed`, so that an expired cursor is an error reply:
-        // from the hub when it already holds the stream past the cursor, else read.
-        let first = match self.read_first().await {
+        // from the hub when it already holds the stream past the cursor, else read. (The
+        // reads are boxed: a task is as large as its largest await, and it spends its life
+        // waiting on the small one, `changed()`.)
+        let first = match Box::pin(self.read_first()).await {
             Ok(first) => first,
             Err(err) => {
                 self.outbox
@@ -574,7 +576,7 @@ impl Follow {
         }
         loop {
             if catching_up {
-                let page = match self.read().await {
+                let page = match Box::pin(self.read()).await {
                     Ok(page) => page,
                     Err(err) => {
                         self.outbox.send(
