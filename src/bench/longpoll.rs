@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Args;
@@ -54,12 +54,6 @@ pub struct LongpollOptions {
     pub catch_up_reader: bool,
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// Everything one waiter saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -94,7 +88,7 @@ async fn waiter(
             Ok(r) => Err(format!("HTTP {}", r.status())),
             Err(e) => Err(e.to_string()),
         };
-        let received = now_us();
+        let received = super::now_us();
         match body {
             Ok(body) => {
                 let events = body["events"].as_array().cloned().unwrap_or_default();
@@ -161,16 +155,6 @@ async fn start_waiters(
         }
     }
     tasks
-}
-
-async fn publish(client: &reqwest::Client, base: &str, key: &str, stream: &str) -> bool {
-    client
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(key)
-        .json(&json!({"stream": stream, "type": "bench.tick", "payload": {"sent_us": now_us()}}))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 /// Publishes `count` events to `stream` in batches of 1,000.
@@ -296,7 +280,7 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
         let stream = stream_name(rand::rng().random_range(0..options.streams));
         let (client, base, key) = (client.clone(), base.clone(), key.clone());
         publishes.push(tokio::spawn(async move {
-            publish(&client, &base, &key, &stream).await
+            super::publish(&client, &base, &key, &stream).await
         }));
     }
     let mut published = 0_u64;
@@ -375,7 +359,7 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
         let held = wait_for_waiters(&client, &base, options.fanout as u64).await;
         report_rss(pid, &format!("with {held} waiters on one stream"));
         let sent = Instant::now();
-        if !publish(&client, &base, &key, &fan_stream).await {
+        if !super::publish(&client, &base, &key, &fan_stream).await {
             bail!("could not publish the fan-out event");
         }
         let mut latencies = Vec::new();

@@ -62,6 +62,25 @@ fn client(connections: usize) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
+/// Microseconds since the Unix epoch: what benchmark events carry as `sent_us`.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Publishes one `bench.tick` event to `stream` carrying its send time; whether it was
+/// stored.
+async fn publish(client: &reqwest::Client, base: &str, key: &str, stream: &str) -> bool {
+    client
+        .post(format!("{base}/v1/events"))
+        .bearer_auth(key)
+        .json(&serde_json::json!({"stream": stream, "type": "bench.tick", "payload": {"sent_us": now_us()}}))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
 /// A counter or gauge from Herald's `/metrics`.
 async fn metric(client: &reqwest::Client, base: &str, name: &str) -> Option<u64> {
     let text = client

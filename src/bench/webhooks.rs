@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::{Context as _, bail};
@@ -63,12 +63,6 @@ pub struct WebhooksOptions {
     pub latency_duration: Duration,
 }
 
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
 /// What the receiver saw.
 #[derive(Debug, Default)]
 struct Seen {
@@ -84,7 +78,7 @@ async fn receive(
     body: web::Bytes,
     seen: web::Data<Mutex<Seen>>,
 ) -> HttpResponse {
-    let received = now_us();
+    let received = super::now_us();
     let sent = std::str::from_utf8(&body)
         .ok()
         .and_then(|b| b.split("\"sent_us\":").nth(1))
@@ -352,7 +346,7 @@ impl Bench {
                             .post(&url)
                             .bearer_auth(&key)
                             .json(&json!({"stream": "bench", "type": "bench.event",
-                                          "payload": {"sent_us": now_us(), "pad": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}}))
+                                          "payload": {"sent_us": super::now_us(), "pad": "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}}))
                             .send()
                             .await
                             .is_ok_and(|r| r.status().is_success());
@@ -490,7 +484,7 @@ impl Bench {
                     .post(url)
                     .bearer_auth(key)
                     .json(&json!({"stream": "bench", "type": "bench.event",
-                                  "payload": {"sent_us": now_us()}}))
+                                  "payload": {"sent_us": super::now_us()}}))
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success())

@@ -3,7 +3,7 @@
 //! a steady publish rate, and fan-out time (one event to F sockets following one stream).
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -49,12 +49,6 @@ pub struct WebsocketsOptions {
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// The `sent_us` the benchmark put in an event's payload.
 fn sent_us(text: &str) -> Option<u64> {
@@ -140,7 +134,7 @@ async fn follow(
                     }
                     continue;
                 };
-                let received = now_us();
+                let received = super::now_us();
                 // Events are most of the traffic: read their send time without parsing the
                 // whole message (the load generator shares the machine with Herald).
                 if text.starts_with(r#"{"type":"event""#) {
@@ -186,16 +180,6 @@ async fn wait_for_subscriptions(count: u64, errors: &Errors) -> u64 {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn publish(client: &reqwest::Client, base: &str, key: &str, stream: &str) -> bool {
-    client
-        .post(format!("{base}/v1/events"))
-        .bearer_auth(key)
-        .json(&json!({"stream": stream, "type": "bench.tick", "payload": {"sent_us": now_us()}}))
-        .send()
-        .await
-        .is_ok_and(|r| r.status().is_success())
 }
 
 fn anon_kib(pid: Option<u32>) -> Option<f64> {
@@ -294,7 +278,7 @@ pub async fn run(options: WebsocketsOptions) -> anyhow::Result<()> {
             stream_name(n % options.streams),
         );
         publishers.push(tokio::spawn(async move {
-            publish(&client, &base, &key, &stream).await
+            super::publish(&client, &base, &key, &stream).await
         }));
         n += 1;
     }
@@ -351,7 +335,7 @@ pub async fn run(options: WebsocketsOptions) -> anyhow::Result<()> {
         let subscribed = wait_for_subscriptions(options.fanout as u64, &errors).await;
         report_errors(&errors);
         let sent = Instant::now();
-        if !publish(&client, &base, &options.key, &fan).await {
+        if !super::publish(&client, &base, &options.key, &fan).await {
             bail!("could not publish the fan-out event");
         }
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -335,6 +335,20 @@ impl TestApp {
         body["key"].as_str().expect("key").to_owned()
     }
 
+    /// The id of the first key with `role` (as `GET /v1/keys` lists them).
+    pub async fn key_id_with_role(&self, role: &str) -> String {
+        let keys: Value = self.get("/v1/keys").await.json().await.unwrap();
+        keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["role"] == role)
+            .unwrap_or_else(|| panic!("no {role} key"))["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// A counter or gauge from `GET /metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         metric_at(&self.client, &self.address, name)

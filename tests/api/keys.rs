@@ -320,16 +320,7 @@ async fn a_deleted_keys_held_polls_and_sse_streams_end_within_seconds_on_every_i
     let sse = tokio::spawn(async move { sse.text().await.unwrap() });
     b.wait_for_metric("herald_waiters", 2).await;
 
-    let keys: serde_json::Value = a.get("/v1/keys").await.json().await.unwrap();
-    let id = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["role"] == "subscriber")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = a.key_id_with_role("subscriber").await;
     let deleted = a
         .request(
             reqwest::Method::DELETE,

@@ -372,16 +372,7 @@ async fn a_deleted_keys_socket_is_closed_4001_and_shutdown_closes_1001() {
         subscribe(&mut other, "orders:a", 0).await["type"],
         "subscribed"
     );
-    let keys: Value = app.get("/v1/keys").await.json().await.unwrap();
-    let id = keys["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["role"] == "subscriber")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = app.key_id_with_role("subscriber").await;
     let deleted = app
         .request(
             reqwest::Method::DELETE,
