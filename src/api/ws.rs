@@ -8,14 +8,19 @@
 //! without closing the socket, and sends `event {stream, seq, event}` in seq order per
 //! stream, once each.
 //!
-//! Each subscription is a hub subscription followed by a task of its own on this worker's
-//! thread: it catches up from the database from its cursor (one page at a time, as SSE
-//! does), then takes what the hub's one read per stream put in the slot. Everything the
+//! One task per socket follows all its streams: each subscription is a hub subscription
+//! registered with the socket's [`Wakeups`] (no task or future per stream, so a
+//! subscription costs a few hundred bytes). It catches up from the database from its
+//! cursor (one page at a time, as SSE does, the reads running inside the socket's task),
+//! then takes what the hub's one read per stream put in the slot. Everything the
 //! socket sends goes through one bounded queue: a client that does not read is closed
 //! (4008) once the queue is full, and its subscriptions are dropped at once; the others
 //! never wait for it. A socket holds no pooled connection while idle.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError as _, get, post, web};
@@ -24,14 +29,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt as _;
+use futures_util::future::LocalBoxFuture;
+use futures_util::sink::Sink as _;
+use futures_util::stream::FuturesUnordered;
 use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::streams::{fetch_page, unavailable};
 use crate::auth::Principal;
@@ -41,7 +46,7 @@ use crate::error::ApiError;
 use crate::metrics::inc;
 use crate::state::AppState;
 use crate::streams::holds::Hold;
-use crate::streams::hub::{EventJson, Subscription, Taken};
+use crate::streams::hub::{EventJson, Subscription, Taken, Wakeups};
 
 /// How long a ticket works.
 pub const TICKET_TTL: Duration = Duration::from_secs(60);
@@ -290,38 +295,52 @@ fn event_text(stream_json: &str, event: &EventJson) -> String {
     out
 }
 
-/// The queue every message of one socket goes through, bounded: a message that does not
-/// fit closes the socket.
-#[derive(Clone)]
+/// The messages of one socket not yet taken by its connection, bounded: a message that
+/// does not fit marks the socket too slow, and it is closed.
 struct Outbox {
-    tx: mpsc::Sender<String>,
-    overflow: CancellationToken,
+    queue: VecDeque<String>,
+    max: usize,
+    overflowed: bool,
 }
 
 impl Outbox {
-    /// Queues `text`; returns false (and marks the socket too slow) when it does not fit.
-    fn send(&self, text: String) -> bool {
-        if self.tx.try_send(text).is_ok() {
-            return true;
+    fn new(max: usize) -> Self {
+        Self {
+            queue: VecDeque::new(),
+            max,
+            overflowed: false,
         }
-        self.overflow.cancel();
-        false
+    }
+
+    /// Queues `text`; returns false (and marks the socket too slow) when it does not fit.
+    fn send(&mut self, text: String) -> bool {
+        if self.overflowed || self.queue.len() >= self.max {
+            self.overflowed = true;
+            return false;
+        }
+        self.queue.push_back(text);
+        true
+    }
+
+    /// Hands queued messages to the connection while it takes them; ready when the queue
+    /// is empty, an error when the connection is gone.
+    fn poll_hand_over(
+        &mut self,
+        session: &mut actix_ws::Session,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), actix_ws::Closed>> {
+        while !self.queue.is_empty() {
+            ready!(Pin::new(&mut *session).poll_ready(cx))?;
+            if let Some(text) = self.queue.pop_front() {
+                Pin::new(&mut *session).start_send(Message::Text(text.into()))?;
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
-/// One followed stream.
-struct Followed {
-    task: JoinHandle<()>,
-}
-
-impl Drop for Followed {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// What a subscription holds for as long as its task runs (aborted or ended): its place in
-/// the key's held requests and in the metrics.
+/// What a subscription holds for as long as it lives: its place in the key's held
+/// requests and in the metrics.
 struct Counted {
     _hold: Hold,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
@@ -343,12 +362,60 @@ impl Drop for Counted {
     }
 }
 
+/// Where a subscription is.
+enum Phase {
+    /// Its first page is being read; `subscribed` (echoing the `id`) follows it.
+    Opening(Option<Value>),
+    /// A page is being read from the database (it is behind the hub's history).
+    Reading,
+    /// Caught up: it takes what the hub reads.
+    Live,
+}
+
+/// One followed stream: no task and no future of its own, a few hundred bytes.
+struct Sub {
+    _counted: Counted,
+    subscription: Subscription,
+    /// The last seq sent.
+    cursor: i64,
+    phase: Phase,
+}
+
+impl Sub {
+    /// Queues `events` and moves the cursor past them; false when the socket is too slow.
+    fn send(&mut self, events: &[std::sync::Arc<EventJson>], outbox: &mut Outbox) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        let stream_json = serde_json::to_string(self.subscription.stream()).unwrap_or_default();
+        for event in events {
+            if event.seq <= self.cursor {
+                continue;
+            }
+            if !outbox.send(event_text(&stream_json, event)) {
+                return false;
+            }
+            self.cursor = event.seq;
+        }
+        true
+    }
+}
+
+/// A page read for the subscription with this key.
+type PageRead = LocalBoxFuture<'static, (u64, Result<Vec<std::sync::Arc<EventJson>>, ApiError>)>;
+
 struct Socket {
     state: std::sync::Arc<AppState>,
     principal: Principal,
     hold: Hold,
     session: actix_ws::Session,
-    followed: HashMap<String, Followed>,
+    outbox: Outbox,
+    wakeups: std::sync::Arc<Wakeups>,
+    /// The followed streams' keys, by name.
+    names: HashMap<Box<str>, u64>,
+    subs: HashMap<u64, Sub>,
+    /// Database reads under way. A read whose subscription is gone is ignored when it ends.
+    reads: FuturesUnordered<PageRead>,
 }
 
 impl Socket {
@@ -358,50 +425,69 @@ impl Socket {
         hold: Hold,
         session: actix_ws::Session,
     ) -> Self {
+        let outbox = Outbox::new(state.settings.ws_max_queue);
         Self {
             state,
             principal,
             hold,
             session,
-            followed: HashMap::new(),
+            outbox,
+            wakeups: Wakeups::new(),
+            names: HashMap::new(),
+            subs: HashMap::new(),
+            reads: FuturesUnordered::new(),
         }
     }
 
+    /// Runs the socket: the only place that waits on its client is the hand-over of
+    /// queued messages to the connection, which nothing else waits for.
     async fn run(mut self, mut messages: actix_ws::MessageStream) {
         let settings = self.state.settings.clone();
-        let (tx, mut rx) = mpsc::channel::<String>(settings.ws_max_queue);
-        let outbox = Outbox {
-            tx,
-            overflow: CancellationToken::new(),
-        };
-        // The writer: the only one that waits on the client.
-        let writer = {
-            let mut session = self.session.clone();
-            let overflow = outbox.overflow.clone();
-            actix_web::rt::spawn(async move {
-                while let Some(text) = rx.recv().await {
-                    if session.text(text).await.is_err() {
-                        overflow.cancel();
-                        return;
-                    }
-                }
-            })
-        };
         let mut ping = tokio::time::interval(settings.ws_ping);
         ping.reset();
         let mut heard = Instant::now();
         let end_at = Instant::now() + settings.ws_max_lifetime;
+        // The futures that end the socket live as long as the loop: made anew on each
+        // turn, the lifetime's timer would be registered and removed once per message.
         let stopping = self.state.stopping.clone();
+        let stopping = stopping.cancelled();
         let revoked = self.hold.token();
+        let revoked = revoked.cancelled();
+        let lifetime = tokio::time::sleep_until(end_at);
+        tokio::pin!(stopping, revoked, lifetime);
+        let wakeups = self.wakeups.clone();
         let close = loop {
+            if self.outbox.overflowed {
+                break Some(reason(
+                    CLOSE_TOO_SLOW,
+                    "too slow: more unsent messages than HERALD_WS_MAX_QUEUE; reconnect and resume",
+                ));
+            }
+            if !self.outbox.queue.is_empty() {
+                self.hand_over_now().await;
+            }
             tokio::select! {
+                biased;
+                () = wakeups.notified() => {
+                    for key in wakeups.take() {
+                        if self.subs.get(&key).is_some_and(|sub| matches!(sub.phase, Phase::Live)) {
+                            self.pump(key);
+                        }
+                    }
+                }
+                Some((key, page)) = self.reads.next(), if !self.reads.is_empty() => self.page_read(key, page),
+                handed = poll_fn(|cx| self.outbox.poll_hand_over(&mut self.session, cx)), if !self.outbox.queue.is_empty() => {
+                    if handed.is_err() {
+                        break None;
+                    }
+                }
                 message = messages.next() => {
                     heard = Instant::now();
                     match message {
-                        Some(Ok(Message::Text(text))) => self.handle(&text, &outbox),
+                        Some(Ok(Message::Text(text))) => self.handle(&text),
                         Some(Ok(Message::Binary(_))) => {
                             let err = ApiError::Malformed("send JSON text messages".into());
-                            outbox.send(ServerMessage::error(None, &err, None).text());
+                            self.outbox.send(ServerMessage::error(None, &err, None).text());
                         }
                         Some(Ok(Message::Ping(bytes))) => {
                             let _ = tokio::time::timeout(Duration::from_secs(1), self.session.pong(&bytes)).await;
@@ -416,83 +502,90 @@ impl Socket {
                     }
                     let _ = tokio::time::timeout(Duration::from_secs(1), self.session.ping(b"")).await;
                 }
-                () = outbox.overflow.cancelled() => break Some(reason(
-                    CLOSE_TOO_SLOW,
-                    "too slow: more unsent messages than HERALD_WS_MAX_QUEUE; reconnect and resume",
-                )),
-                () = stopping.cancelled() => break Some(CloseReason {
+                () = &mut stopping => break Some(CloseReason {
                     code: CloseCode::Away,
                     description: Some("shutting down; reconnect".into()),
                 }),
-                () = tokio::time::sleep_until(end_at) => break Some(CloseReason {
+                () = &mut lifetime => break Some(CloseReason {
                     code: CloseCode::Away,
                     description: Some("maximum lifetime reached; reconnect".into()),
                 }),
-                () = revoked.cancelled() => break Some(reason(CLOSE_KEY_REVOKED, "the API key was deleted")),
+                () = &mut revoked => break Some(reason(CLOSE_KEY_REVOKED, "the API key was deleted")),
             }
         };
         // Subscriptions end first: their waiter slots and holds are free at once, whatever
         // the client does with what is still unsent. A client too slow to read loses the
-        // queue too; the close frame goes after what the socket already took.
-        self.followed.clear();
-        if close
-            .as_ref()
-            .is_some_and(|c| c.code == CloseCode::Other(CLOSE_TOO_SLOW))
-        {
-            writer.abort();
-        }
-        drop(outbox);
+        // queue; others get it before the close frame, as long as they take it.
+        self.subs.clear();
+        self.names.clear();
+        self.reads = FuturesUnordered::new();
         if let Some(close) = close {
-            let _ = tokio::time::timeout(CLOSE_WAIT, self.session.close(Some(close))).await;
+            if close.code == CloseCode::Other(CLOSE_TOO_SLOW) {
+                self.outbox.queue.clear();
+            }
+            let mut session = self.session.clone();
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                let _ = poll_fn(|cx| self.outbox.poll_hand_over(&mut session, cx)).await;
+                session.close(Some(close)).await
+            })
+            .await;
         }
-        writer.abort();
         self.state.metrics.ws_sockets.closed();
     }
 
+    /// Hands what the connection takes now to it, without waiting: the rest (and a
+    /// closed connection) is for the loop's hand-over branch. Saves the loop a turn per
+    /// message.
+    async fn hand_over_now(&mut self) {
+        poll_fn(|cx| {
+            let _ = self.outbox.poll_hand_over(&mut self.session, cx);
+            Poll::Ready(())
+        })
+        .await;
+    }
+
     /// Answers one client message.
-    fn handle(&mut self, text: &str, outbox: &Outbox) {
+    fn handle(&mut self, text: &str) {
         let message = match super::body::parse_json::<ClientMessage>(text.as_bytes()) {
             Ok(message) => message,
             Err(err) => {
-                outbox.send(ServerMessage::error(None, &err, None).text());
+                self.outbox
+                    .send(ServerMessage::error(None, &err, None).text());
                 return;
             }
         };
         match message {
             ClientMessage::Subscribe { stream, after, id } => {
-                if let Err(err) = self.subscribe(&stream, after, id.clone(), outbox) {
-                    outbox.send(ServerMessage::error(Some(stream), &err, id).text());
+                if let Err(err) = self.subscribe(&stream, after, id.clone()) {
+                    self.outbox
+                        .send(ServerMessage::error(Some(stream), &err, id).text());
                 }
             }
             ClientMessage::Unsubscribe { stream, id } => {
-                // Dropping it aborts its task, which runs on this thread too: it never runs
-                // again, so nothing of the stream follows this reply.
-                self.followed.remove(&stream);
-                outbox.send(ServerMessage::Unsubscribed { stream, id }.text());
+                // Gone from the maps, it is never woken or sent again: nothing of the
+                // stream follows this reply.
+                if let Some(key) = self.names.remove(stream.as_str()) {
+                    self.subs.remove(&key);
+                }
+                self.outbox
+                    .send(ServerMessage::Unsubscribed { stream, id }.text());
             }
         }
     }
 
-    fn subscribe(
-        &mut self,
-        raw: &str,
-        after: i64,
-        id: Option<Value>,
-        outbox: &Outbox,
-    ) -> Result<(), ApiError> {
+    fn subscribe(&mut self, raw: &str, after: i64, id: Option<Value>) -> Result<(), ApiError> {
         let stream = StreamName::parse(raw).map_err(|d| ApiError::invalid("stream", d))?;
         if after < 0 {
             return Err(ApiError::invalid("after", "must be a seq number >= 0"));
         }
         self.principal.require_read(&stream)?;
-        self.followed.retain(|_, f| !f.task.is_finished());
-        if self.followed.contains_key(stream.as_str()) {
+        if self.names.contains_key(stream.as_str()) {
             return Err(ApiError::Conflict(format!(
                 "already subscribed to {raw:?}; unsubscribe first"
             )));
         }
         let cap = self.state.settings.ws_max_subscriptions;
-        if self.followed.len() >= cap {
+        if self.subs.len() >= cap {
             return Err(ApiError::TooManyRequests {
                 detail: format!(
                     "this socket follows {cap} streams (HERALD_WS_MAX_SUBSCRIPTIONS); unsubscribe one"
@@ -507,23 +600,127 @@ impl Socket {
         let subscription = self
             .state
             .hub
-            .subscribe(stream.as_str(), after)
+            .subscribe_to(stream.as_str(), after, &self.wakeups)
             .map_err(|_| {
                 inc(&self.state.metrics.longpolls_rejected);
                 unavailable("too many held requests on this instance (HERALD_MAX_WAITERS)")
             })?;
-        let follow = Follow {
-            _counted: Counted::new(hold, self.state.metrics.clone()),
-            state: self.state.clone(),
-            stream_json: serde_json::to_string(stream.as_str()).unwrap_or_default(),
-            stream: stream.into_inner(),
-            cursor: after,
-            subscription,
-            outbox: outbox.clone(),
-        };
-        let task = actix_web::rt::spawn(follow.run(id));
-        self.followed.insert(raw.to_owned(), Followed { task });
+        let key = subscription.key();
+        // The first page before `subscribed`, so that an expired cursor is an error reply:
+        // from the hub when it already holds the stream past the cursor, else read.
+        let first = subscription.peek(after, CATCH_UP_LIMIT as usize);
+        self.names.insert(stream.as_str().into(), key);
+        self.subs.insert(
+            key,
+            Sub {
+                _counted: Counted::new(hold, self.state.metrics.clone()),
+                subscription,
+                cursor: after,
+                phase: Phase::Opening(id),
+            },
+        );
+        match first {
+            Some(page) => self.page_read(key, Ok(page)),
+            None => self.read(key),
+        }
         Ok(())
+    }
+
+    /// Starts reading a page after the subscription's cursor from the database.
+    /// Subscriptions made together (a socket that resubscribes to a thousand streams)
+    /// read a few at a time instead of all waiting on the pool at once, where most would
+    /// time out.
+    fn read(&mut self, key: u64) {
+        let Some(sub) = self.subs.get(&key) else {
+            return;
+        };
+        let state = self.state.clone();
+        let stream = sub.subscription.stream().to_owned();
+        let after = sub.cursor;
+        self.reads.push(Box::pin(async move {
+            let page = async {
+                let _permit = state
+                    .catch_up_reads
+                    .acquire()
+                    .await
+                    .map_err(|_| unavailable("Herald is shutting down"))?;
+                fetch_page(&state.pool, &stream, after, CATCH_UP_LIMIT).await
+            };
+            (key, page.await)
+        }));
+    }
+
+    /// Sends a page read for the subscription `key` (if it is still followed) and goes on:
+    /// another page while full, else what the hub holds beyond it.
+    fn page_read(&mut self, key: u64, page: Result<Vec<std::sync::Arc<EventJson>>, ApiError>) {
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        let phase = std::mem::replace(&mut sub.phase, Phase::Live);
+        let page = match page {
+            Ok(page) => page,
+            Err(err) => {
+                let id = match phase {
+                    Phase::Opening(id) => id,
+                    _ => None,
+                };
+                let stream = sub.subscription.stream().to_owned();
+                self.outbox
+                    .send(ServerMessage::error(Some(stream.clone()), &err, id).text());
+                self.names.remove(stream.as_str());
+                self.subs.remove(&key);
+                return;
+            }
+        };
+        if let Phase::Opening(id) = phase {
+            let subscribed = ServerMessage::Subscribed {
+                stream: sub.subscription.stream().to_owned(),
+                next_after: sub.cursor,
+                id,
+            };
+            if !self.outbox.send(subscribed.text()) {
+                return;
+            }
+        }
+        if page.is_empty() {
+            sub.subscription.caught_up(sub.cursor);
+        }
+        if !sub.send(&page, &mut self.outbox) {
+            return;
+        }
+        if page.len() as i64 == CATCH_UP_LIMIT {
+            sub.phase = Phase::Reading;
+            self.read(key);
+            return;
+        }
+        // What the hub read while this page was read woke nobody (the subscription was
+        // reading): take it now.
+        self.pump(key);
+    }
+
+    /// Sends what the hub holds after a live subscription's cursor.
+    fn pump(&mut self, key: u64) {
+        let Some(sub) = self.subs.get_mut(&key) else {
+            return;
+        };
+        loop {
+            match sub.subscription.take(sub.cursor, CATCH_UP_LIMIT as usize) {
+                Taken::Events(events) => {
+                    if !sub.send(&events, &mut self.outbox) {
+                        return;
+                    }
+                    if events.len() < CATCH_UP_LIMIT as usize {
+                        return;
+                    }
+                }
+                Taken::Nothing => return,
+                Taken::Gap => {
+                    sub.phase = Phase::Reading;
+                    self.read(key);
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -531,113 +728,6 @@ fn reason(code: u16, description: &str) -> CloseReason {
     CloseReason {
         code: CloseCode::Other(code),
         description: Some(description.into()),
-    }
-}
-
-/// One subscription's task.
-struct Follow {
-    _counted: Counted,
-    state: std::sync::Arc<AppState>,
-    stream: String,
-    stream_json: String,
-    cursor: i64,
-    subscription: Subscription,
-    outbox: Outbox,
-}
-
-impl Follow {
-    async fn run(mut self, id: Option<Value>) {
-        // The first page before `subscribed`, so that an expired cursor is an error reply:
-        // from the hub when it already holds the stream past the cursor, else read. (The
-        // reads are boxed: a task is as large as its largest await, and it spends its life
-        // waiting on the small one, `changed()`.)
-        let first = match Box::pin(self.read_first()).await {
-            Ok(first) => first,
-            Err(err) => {
-                self.outbox
-                    .send(ServerMessage::error(Some(self.stream.clone()), &err, id).text());
-                return;
-            }
-        };
-        let subscribed = ServerMessage::Subscribed {
-            stream: self.stream.clone(),
-            next_after: self.cursor,
-            id,
-        };
-        if !self.outbox.send(subscribed.text()) {
-            return;
-        }
-        let mut catching_up = first.len() as i64 == CATCH_UP_LIMIT;
-        if first.is_empty() {
-            self.subscription.caught_up(self.cursor);
-        }
-        if !self.send(&first) {
-            return;
-        }
-        loop {
-            if catching_up {
-                let page = match Box::pin(self.read()).await {
-                    Ok(page) => page,
-                    Err(err) => {
-                        self.outbox.send(
-                            ServerMessage::error(Some(self.stream.clone()), &err, None).text(),
-                        );
-                        return;
-                    }
-                };
-                catching_up = page.len() as i64 == CATCH_UP_LIMIT;
-                if page.is_empty() {
-                    self.subscription.caught_up(self.cursor);
-                } else if !self.send(&page) {
-                    return;
-                }
-                continue;
-            }
-            self.subscription.changed().await;
-            match self.subscription.take(self.cursor, CATCH_UP_LIMIT as usize) {
-                Taken::Events(events) => {
-                    if !self.send(&events) {
-                        return;
-                    }
-                }
-                Taken::Nothing => {}
-                Taken::Gap => catching_up = true,
-            }
-        }
-    }
-
-    async fn read_first(&self) -> Result<Vec<std::sync::Arc<EventJson>>, ApiError> {
-        match self.subscription.peek(self.cursor, CATCH_UP_LIMIT as usize) {
-            Some(events) => Ok(events),
-            None => self.read().await,
-        }
-    }
-
-    /// A page after the cursor from the database. Subscriptions made together (a socket
-    /// that resubscribes to a thousand streams) read a few at a time instead of all
-    /// waiting on the pool at once, where most would time out.
-    async fn read(&self) -> Result<Vec<std::sync::Arc<EventJson>>, ApiError> {
-        let _permit = self
-            .state
-            .catch_up_reads
-            .acquire()
-            .await
-            .map_err(|_| unavailable("Herald is shutting down"))?;
-        fetch_page(&self.state.pool, &self.stream, self.cursor, CATCH_UP_LIMIT).await
-    }
-
-    /// Queues `events` and moves the cursor past them; false when the socket is too slow.
-    fn send(&mut self, events: &[std::sync::Arc<EventJson>]) -> bool {
-        for event in events {
-            if event.seq <= self.cursor {
-                continue;
-            }
-            if !self.outbox.send(event_text(&self.stream_json, event)) {
-                return false;
-            }
-            self.cursor = event.seq;
-        }
-        true
     }
 }
 

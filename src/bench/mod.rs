@@ -142,6 +142,27 @@ fn status_mib(pid: u32, field: &str) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time process `pid` has run, in milliseconds: the sum over its threads of the
+/// scheduler's nanosecond count (`/proc/<pid>/task/*/schedstat`), fine enough to time a
+/// window of a few milliseconds (`/proc/<pid>/stat` counts in 10 ms ticks).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let mut ns = 0_u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
+            continue;
+        };
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(ns as f64 / 1e6)
+}
+
 /// "RSS 141.5 MiB (anonymous 130.2 MiB)".
 fn memory(pid: u32) -> Option<String> {
     let rss = rss_mib(pid)?;

@@ -14,11 +14,11 @@
 //! Holding a request holds no database connection.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 pub use super::event_json::EventJson;
 use crate::db::models::event::{self, Event};
@@ -49,6 +49,8 @@ struct Slot {
     name: String,
     state: Mutex<SlotState>,
     changed: watch::Sender<i64>,
+    /// Tasks that follow many streams ([`Wakeups`]), by subscription key.
+    listeners: Mutex<HashMap<u64, Arc<Wakeups>>>,
     subscribers: AtomicUsize,
     fetching: AtomicBool,
     dirty: AtomicBool,
@@ -57,6 +59,59 @@ struct Slot {
 impl Slot {
     fn state(&self) -> MutexGuard<'_, SlotState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn listeners(&self) -> MutexGuard<'_, HashMap<u64, Arc<Wakeups>>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes every subscriber: those waiting on [`Subscription::changed`] and the tasks
+    /// listening through [`Wakeups`].
+    fn announce(&self, known: i64) {
+        self.changed.send_replace(known);
+        for (key, wakeups) in self.listeners().iter() {
+            wakeups.wake(*key);
+        }
+    }
+}
+
+/// How one task that follows many streams (a WebSocket) learns which of them changed,
+/// without a task or a future per stream: each of its subscriptions is registered with
+/// the stream's slot under a key, and a change queues the key and wakes the task.
+#[derive(Debug, Default)]
+pub struct Wakeups {
+    ready: Mutex<Vec<u64>>,
+    notify: Notify,
+}
+
+impl Wakeups {
+    /// Wake-ups for one task.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    fn wake(&self, key: u64) {
+        self.ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(key);
+        self.notify.notify_one();
+    }
+
+    /// Waits until some subscription has news (at once if news came since the last wait).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// The keys of the subscriptions woken since the last call, each once, in key order.
+    pub fn take(&self) -> Vec<u64> {
+        let mut keys =
+            std::mem::take(&mut *self.ready.lock().unwrap_or_else(PoisonError::into_inner));
+        keys.sort_unstable();
+        keys.dedup();
+        keys
     }
 }
 
@@ -73,6 +128,7 @@ pub struct Hub {
     max_waiters: usize,
     waiters: AtomicUsize,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
+    next_key: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -93,6 +149,7 @@ impl Hub {
             max_waiters,
             waiters: AtomicUsize::new(0),
             slots: Mutex::new(HashMap::new()),
+            next_key: AtomicU64::new(1),
         })
     }
 
@@ -138,6 +195,7 @@ impl Hub {
                             recent: VecDeque::new(),
                         }),
                         changed: watch::channel(after).0,
+                        listeners: Mutex::new(HashMap::new()),
                         subscribers: AtomicUsize::new(0),
                         fetching: AtomicBool::new(false),
                         dirty: AtomicBool::new(false),
@@ -154,7 +212,23 @@ impl Hub {
             hub: self.clone(),
             slot,
             changed,
+            key: None,
         })
+    }
+
+    /// Registers a waiter on `stream` whose cursor is `after`, woken through `wakeups`
+    /// under its [`Subscription::key`] instead of [`Subscription::changed`].
+    pub fn subscribe_to(
+        self: &Arc<Self>,
+        stream: &str,
+        after: i64,
+        wakeups: &Arc<Wakeups>,
+    ) -> Result<Subscription, HubFull> {
+        let mut subscription = self.subscribe(stream, after)?;
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        subscription.slot.listeners().insert(key, wakeups.clone());
+        subscription.key = Some(key);
+        Ok(subscription)
     }
 
     /// Says that `stream` may have changed, up to `last_seq` if known. If anyone waits on
@@ -208,7 +282,7 @@ impl Hub {
             state.known
         };
         inc(&self.metrics.hub_pushes);
-        slot.changed.send_replace(known);
+        slot.announce(known);
     }
 
     /// Makes every watched stream re-check (after the LISTEN connection was lost).
@@ -300,7 +374,7 @@ impl Hub {
             }
             state.known
         };
-        slot.changed.send_replace(known);
+        slot.announce(known);
     }
 }
 
@@ -321,9 +395,21 @@ pub struct Subscription {
     hub: Arc<Hub>,
     slot: Arc<Slot>,
     changed: watch::Receiver<i64>,
+    key: Option<u64>,
 }
 
 impl Subscription {
+    /// The stream.
+    pub fn stream(&self) -> &str {
+        &self.slot.name
+    }
+
+    /// The key [`Wakeups`] name this subscription by (0 if it has none: see
+    /// [`Hub::subscribe_to`]).
+    pub fn key(&self) -> u64 {
+        self.key.unwrap_or(0)
+    }
+
     /// Says that this subscriber's own read found nothing after `after`: the stream ends at
     /// or below it. The slot only moves forward, except here: a slot created from a cursor
     /// beyond the stream's end (a client's made-up cursor) must come down to where the
@@ -400,6 +486,9 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let Some(key) = self.key {
+            self.slot.listeners().remove(&key);
+        }
         self.hub.waiters.fetch_sub(1, Ordering::AcqRel);
         let mut slots = self.hub.slots();
         if self.slot.subscribers.fetch_sub(1, Ordering::AcqRel) == 1
@@ -409,5 +498,24 @@ impl Drop for Subscription {
         {
             slots.remove(&self.slot.name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wakeups_name_each_woken_subscription_once_and_keep_a_wake_that_came_early() {
+        let wakeups = Wakeups::new();
+        wakeups.wake(7);
+        wakeups.wake(3);
+        wakeups.wake(7);
+        // Woken before anyone waited: the wait returns at once.
+        tokio::time::timeout(Duration::from_secs(1), wakeups.notified())
+            .await
+            .expect("a wake before the wait is kept");
+        assert_eq!(wakeups.take(), vec![3, 7]);
+        assert!(wakeups.take().is_empty());
     }
 }
