@@ -449,9 +449,12 @@ impl Socket {
         let end_at = Instant::now() + settings.ws_max_lifetime;
         // The futures that end the socket live as long as the loop: made anew on each
         // turn, the lifetime's timer would be registered and removed once per message.
-        let stopping = self.state.stopping.clone();
+        // The shutdown and revocation tokens are shared by every socket (of the key), and
+        // polling a token's future takes its lock: each socket waits on child tokens of
+        // its own, so that a fan-out to thousands of sockets does not queue on two locks.
+        let stopping = self.state.stopping.child_token();
         let stopping = stopping.cancelled();
-        let revoked = self.hold.token();
+        let revoked = self.hold.token().child_token();
         let revoked = revoked.cancelled();
         let lifetime = tokio::time::sleep_until(end_at);
         tokio::pin!(stopping, revoked, lifetime);

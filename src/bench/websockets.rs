@@ -12,6 +12,7 @@ use rand::Rng as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::domain::units::parse_duration;
 
@@ -74,7 +75,15 @@ async fn open(base: &str, key: &str, count: usize) -> anyhow::Result<Vec<Ws>> {
                 request
                     .headers_mut()
                     .insert("authorization", format!("Bearer {key}").parse()?);
-                anyhow::Ok(tokio_tungstenite::connect_async(request).await?.0)
+                // tungstenite zero-fills its read buffer (128 KiB by default) before each
+                // read: with messages of a few hundred bytes that was most of this load
+                // generator's CPU, taken from the cores Herald runs on.
+                let config = WebSocketConfig::default().read_buffer_size(8 * 1024);
+                anyhow::Ok(
+                    tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+                        .await?
+                        .0,
+                )
             }
         });
         for socket in futures_util::future::join_all(handshakes).await {
@@ -127,9 +136,13 @@ async fn follow(
         let errors = errors.clone();
         tasks.push(tokio::spawn(async move {
             let mut events = 0_u64;
+            // One wait on the shared token for the task's life: made anew per message, it
+            // would take the token's lock each time, shared by every task.
+            let stopped = stop.cancelled();
+            tokio::pin!(stopped);
             loop {
                 let message = tokio::select! {
-                    () = stop.cancelled() => return events,
+                    () = &mut stopped => return events,
                     message = ws.next() => message,
                 };
                 let Some(Ok(Message::Text(text))) = message else {
