@@ -344,6 +344,71 @@ async fn a_client_that_stops_reading_is_closed_and_the_others_go_on() {
     assert!(events < 2000, "{events} events before the close");
 }
 
+/// The time one event takes from its publish to `ws`, which follows `stream` and has seen
+/// every event before it.
+async fn publish_to_receive(app: &TestApp, ws: &mut Ws, stream: &str, seq: i64) -> Duration {
+    let sent = std::time::Instant::now();
+    app.publish(stream, "t", json!({"probe": seq})).await;
+    let message = next(ws).await;
+    assert_eq!(message["seq"], seq, "{message}");
+    sent.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_delay_another_on_the_same_stream() {
+    // A queue that never overflows here: the stalled socket stays open with its backlog.
+    let app = spawn_app_with(|s| {
+        s.ws_max_queue = 1_000_000;
+        s.max_batch_bytes = 8 << 20;
+    })
+    .await;
+    let mut stalled = connect(&app, ADMIN_KEY).await;
+    let mut reader = connect(&app, ADMIN_KEY).await;
+    assert_eq!(
+        subscribe(&mut stalled, "big", 0).await["type"],
+        "subscribed"
+    );
+    assert_eq!(subscribe(&mut reader, "big", 0).await["type"], "subscribed");
+    app.wait_for_metric("herald_ws_subscriptions", 2).await;
+    let mut before = Vec::new();
+    for seq in 1..=5 {
+        before.push(publish_to_receive(&app, &mut reader, "big", seq).await);
+    }
+    // From here the stalled client reads nothing: 4,000 events of 8 KiB (32 MB) are more
+    // than both sockets' kernel buffers hold, so most of them wait in its queue.
+    let payload = "x".repeat(8 * 1024);
+    for chunk in 0..40 {
+        let events: Vec<Value> = (0..100)
+            .map(|i| json!({"stream": "big", "type": "t", "payload": {"n": chunk * 100 + i, "pad": payload}}))
+            .collect();
+        app.publish_batch(&events).await;
+    }
+    for seq in 6..=4005 {
+        assert_eq!(next(&mut reader).await["seq"], seq);
+    }
+    let mut during = Vec::new();
+    for seq in 4006..=4010 {
+        during.push(publish_to_receive(&app, &mut reader, "big", seq).await);
+    }
+    // The stalled socket is still open, its backlog unsent: had the reader waited for it,
+    // it would have waited for ever.
+    assert_eq!(
+        app.metric("herald_ws_subscriptions").await,
+        2,
+        "the stalled socket is still subscribed"
+    );
+    before.sort();
+    during.sort();
+    // Same order of magnitude: milliseconds on a loaded test machine, not the stalled
+    // client's backlog.
+    assert!(
+        during[2] < before[2] * 20 + Duration::from_millis(200),
+        "median publish-to-receive {:?} beside a stalled socket, {:?} before",
+        during[2],
+        before[2]
+    );
+}
+
 /// The close frame the socket ends with, within 15 s (events before it skipped).
 async fn close_code(ws: &mut Ws) -> Option<CloseCode> {
     loop {
