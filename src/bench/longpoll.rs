@@ -358,6 +358,10 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
         .await;
         let held = wait_for_waiters(&client, &base, options.fanout as u64).await;
         report_rss(pid, &format!("with {held} waiters on one stream"));
+        // The connection burst settles before the event (and a profiler can attach).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cpu_before = pid.and_then(super::cpu_ms);
+        let own_before = super::cpu_ms(std::process::id());
         let sent = Instant::now();
         if !super::publish(&client, &base, &key, &fan_stream).await {
             bail!("could not publish the fan-out event");
@@ -367,6 +371,13 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
             latencies.extend(task.await?.latencies_us);
         }
         let last = sent.elapsed();
+        let herald_cpu = pid
+            .and_then(super::cpu_ms)
+            .zip(cpu_before)
+            .map(|(a, b)| a - b);
+        let own_cpu = super::cpu_ms(std::process::id())
+            .zip(own_before)
+            .map(|(a, b)| a - b);
         latencies.sort_unstable();
         println!(
             "fan-out to {} waiters: all answered {:.1} ms after the publish was sent (p50 {:.1} ms, answers {})",
@@ -375,6 +386,14 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
             super::percentile(&latencies, 50.0),
             latencies.len()
         );
+        if let (Some(herald), Some(own)) = (herald_cpu, own_cpu) {
+            println!(
+                "... CPU meanwhile: Herald {herald:.1} ms, this load generator {own:.1} ms \
+                 ({:.1} + {:.1} us per waiter)",
+                herald * 1000.0 / held.max(1) as f64,
+                own * 1000.0 / held.max(1) as f64
+            );
+        }
     }
     Ok(())
 }
