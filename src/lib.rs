@@ -27,6 +27,7 @@ pub mod domain;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod partitions;
 pub mod periodic;
 pub mod retention;
 pub mod rollup;

@@ -1,18 +1,22 @@
-//! Retention: events older than `HERALD_RETENTION`, and idempotency records older than
-//! 24 hours, are deleted in small batches.
+//! Retention: history older than `HERALD_RETENTION` goes a UTC day at a time, and
+//! idempotency records older than 24 hours are deleted in small batches.
 //!
-//! Small batches (1,000 rows, `FOR UPDATE SKIP LOCKED`, a pause between them) keep each
-//! delete short, so purging never holds locks that ingest waits on, and several instances
-//! can purge at once without waiting for each other. Events are purged by id: ids are
-//! UUIDv7, ordered by creation time, so "older than the cutoff" is a range on the primary
-//! key. Stream counters are never purged: a stream's seq keeps counting after its events
-//! are gone, and readers holding an older cursor get `410` with the cursor to resume from.
+//! Events, deliveries and attempts are split into day partitions (`crate::partitions`):
+//! once a whole day is older than the retention, its three partitions are detached and
+//! dropped, which takes milliseconds whatever the day held and rewrites nothing. So history
+//! is kept for at least `HERALD_RETENTION` and at most one day more (as Kafka keeps whole
+//! log segments). Stream counters are never purged: a stream's seq keeps counting after its
+//! events are gone, and readers holding an older cursor get `410` with the cursor to resume
+//! from.
 //!
-//! Webhook deliveries and their attempts go with their event (`ON DELETE CASCADE`), so a
-//! purge never leaves a delivery without its payload. An event whose delivery is still
-//! pending or in flight is not purged, and neither is anything newer than it (the purge
-//! stops at the oldest such event, so readers never meet a hole in a stream): a delivery
-//! is never forgotten, and retention resumes once it has succeeded or failed for good.
+//! Deliveries are partitioned by their event, so a day's deliveries (replays of its events
+//! included) go with its events: a purge never leaves a delivery without its payload. A day
+//! holding an event whose delivery is still pending or in flight is not dropped, and
+//! neither is any later day (readers never meet a hole in a stream): a delivery is never
+//! forgotten, and retention resumes once it has succeeded or failed for good.
+//!
+//! Idempotency records go in small batches (1,000 rows, `FOR UPDATE SKIP LOCKED`, a pause
+//! between them), so several instances can purge at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,19 +82,6 @@ async fn oldest_unfinished_event(pool: &DbPool) -> anyhow::Result<Option<Uuid>> 
     Ok(oldest.into_iter().next().map(|o| o.id))
 }
 
-/// Deletes up to one batch of events older than `retention`; returns how many.
-async fn purge_events_batch(pool: &DbPool, cutoff: Uuid) -> anyhow::Result<usize> {
-    let mut conn = pool.get().await?;
-    Ok(diesel::sql_query(
-        "DELETE FROM events WHERE id IN \
-         (SELECT id FROM events WHERE id < $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)",
-    )
-    .bind::<SqlUuid, _>(cutoff)
-    .bind::<BigInt, _>(BATCH)
-    .execute(&mut conn)
-    .await?)
-}
-
 async fn purge_idempotency_batch(pool: &DbPool) -> anyhow::Result<usize> {
     let mut conn = pool.get().await?;
     // Records written before keys were scoped per API key, then the current ones.
@@ -114,7 +105,8 @@ async fn purge_idempotency_batch(pool: &DbPool) -> anyhow::Result<usize> {
     Ok(legacy.max(current))
 }
 
-/// One full purge: batches until nothing old is left. Returns the events deleted.
+/// One full purge: the days past retention, then idempotency records and bulk replays.
+/// Returns the events dropped.
 pub async fn purge_once(
     pool: &DbPool,
     retention: Duration,
@@ -125,16 +117,8 @@ pub async fn purge_once(
         Some(unfinished) if unfinished < cutoff => unfinished,
         _ => cutoff,
     };
-    let mut events = 0_u64;
-    loop {
-        let deleted = purge_events_batch(pool, cutoff).await?;
-        events += deleted as u64;
-        metrics.events_purged.increment(deleted as u64);
-        if (deleted as i64) < BATCH {
-            break;
-        }
-        tokio::time::sleep(PAUSE).await;
-    }
+    let events = crate::partitions::drop_before(pool, cutoff).await?;
+    metrics.events_purged.increment(events);
     while purge_idempotency_batch(pool).await? as i64 == BATCH {
         tokio::time::sleep(PAUSE).await;
     }

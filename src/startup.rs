@@ -60,6 +60,8 @@ impl Application {
         let url = database_url.to_owned();
         tokio::task::spawn_blocking(move || db::run_migrations(&url)).await??;
         let pool = db::build_pool(database_url, settings.db_pool_size, settings.db_timeout)?;
+        // Today's partitions and the next days' exist before the first publish.
+        crate::partitions::ensure(&pool).await?;
         let generated_admin_key = bootstrap_admin_key(&pool, settings.admin_key.as_ref()).await?;
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(pool.clone(), metrics.clone(), settings.max_waiters);
@@ -109,6 +111,10 @@ impl Application {
                 background_stop.clone(),
             )),
             tokio::spawn(crate::rollup::run(pool.clone(), background_stop.clone())),
+            tokio::spawn(crate::partitions::run(
+                pool.clone(),
+                background_stop.clone(),
+            )),
             tokio::spawn(metrics.clone().run_upkeep(background_stop.clone())),
             tokio::spawn(
                 key_holds

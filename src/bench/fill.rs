@@ -110,6 +110,15 @@ pub async fn run(options: FillOptions) -> anyhow::Result<()> {
 
     let span_ms = i64::try_from(options.span.as_millis()).unwrap_or(i64::MAX);
     let start_ms = chrono::Utc::now().timestamp_millis() - span_ms;
+    // The days the history falls on need their partitions (a running Herald makes today's
+    // and the next days' only).
+    client
+        .execute(
+            "SELECT herald_ensure_partitions((to_timestamp($1::int8 / 1000.0) AT TIME ZONE 'UTC')::date, \
+                                             (now() AT TIME ZONE 'UTC')::date)",
+            &[&start_ms],
+        )
+        .await?;
     let started = Instant::now();
     let mut done = 0_i64;
     while done < options.events {

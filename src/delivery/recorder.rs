@@ -233,9 +233,14 @@ impl Worker {
         batch: &[Record],
         releases: &[(Uuid, Uuid)],
     ) -> anyhow::Result<BatchEffects> {
-        let items: Vec<(Uuid, Uuid, &Outcome)> = batch
+        let items: Vec<delivery::OutcomeOf<'_>> = batch
             .iter()
-            .map(|r| (r.claimed.id, r.token, &r.outcome))
+            .map(|r| delivery::OutcomeOf {
+                id: r.claimed.id,
+                event_id: r.claimed.event_id,
+                token: r.token,
+                outcome: &r.outcome,
+            })
             .collect();
         let attempts: Vec<&Attempt> = batch.iter().map(|r| &r.attempt).collect();
         let health = self.health_changes(batch);
@@ -347,7 +352,7 @@ impl Worker {
 /// released claims), in one transaction with the health changes when there are any.
 async fn write_on(
     conn: &mut diesel_async::AsyncPgConnection,
-    items: &[(Uuid, Uuid, &Outcome)],
+    items: &[delivery::OutcomeOf<'_>],
     attempts: &[&Attempt],
     releases: &[(Uuid, Uuid)],
     health: &[(Uuid, Health)],

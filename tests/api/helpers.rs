@@ -405,6 +405,58 @@ impl TestApp {
     pub async fn db(&self) -> tokio_postgres::Client {
         connect(&self.database_url).await
     }
+
+    /// Reverts the newest migrations, one per entry of `versions` (newest first), checking
+    /// that each is the one expected: the schema an older installation has.
+    pub async fn revert_migrations(&self, versions: &'static [&'static str]) {
+        let url = self.database_url.clone();
+        tokio::task::spawn_blocking(move || {
+            use diesel::Connection as _;
+            use diesel_migrations::MigrationHarness as _;
+            let mut conn = diesel_async::async_connection_wrapper::AsyncConnectionWrapper::<
+                diesel_async::AsyncPgConnection,
+            >::establish(&url)
+            .unwrap();
+            for expected in versions {
+                let reverted = conn.revert_last_migration(herald::db::MIGRATIONS).unwrap();
+                assert!(reverted.to_string().starts_with(expected), "{reverted}");
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Makes the day partitions from `days` days ago to today (a running Herald makes
+    /// today's and the next days' only), so that tests can move history into the past.
+    pub async fn partitions_back(&self, days: i32) {
+        self.db()
+            .await
+            .execute(
+                "SELECT herald_ensure_partitions((now() AT TIME ZONE 'UTC')::date - $1::int4, \
+                                                 (now() AT TIME ZONE 'UTC')::date)",
+                &[&days],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Moves every event, with its deliveries, `days` days into the past (ids are
+    /// UUIDv7: the first 48 bits are the time), into partitions made for them.
+    pub async fn age_history(&self, days: i32) {
+        self.partitions_back(days + 1).await;
+        self.db()
+            .await
+            .batch_execute(&format!(
+                "CREATE FUNCTION pg_temp.back(u uuid) RETURNS uuid LANGUAGE sql AS $$ \
+                   SELECT (lpad(to_hex(('x' || substr(replace(u::text, '-', ''), 1, 12))::bit(48)::int8 \
+                                       - {days}::int8 * 86400000), 12, '0') \
+                           || substr(replace(u::text, '-', ''), 13))::uuid $$; \
+                 UPDATE deliveries SET event_id = pg_temp.back(event_id); \
+                 UPDATE events SET id = pg_temp.back(id);"
+            ))
+            .await
+            .unwrap();
+    }
 }
 
 /// Asserts a problem+json response with this status and problem slug; returns the body.

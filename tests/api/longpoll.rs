@@ -299,7 +299,7 @@ async fn a_lost_notification_is_made_up_by_the_fallback_check() {
         .batch_execute(
             "INSERT INTO streams (name, last_seq) VALUES ('quiet', 1); \
              INSERT INTO events (id, stream, seq, event_type, payload, created_at) \
-             VALUES (gen_random_uuid(), 'quiet', 1, 'sneaky', '{}', now());",
+             VALUES (herald_uuid7(), 'quiet', 1, 'sneaky', '{}', now());",
         )
         .await
         .unwrap();

@@ -215,13 +215,14 @@ async fn a_last_event_id_older_than_retention_gets_410_with_where_to_resume() {
     for i in 1..=3 {
         app.publish("s", "t", json!(i)).await;
     }
-    // Events 1 and 2 are two hours old; retention is one hour.
+    // Events 1 and 2 are two days old; retention is one day.
+    app.partitions_back(3).await;
     let db = app.db().await;
     let old = {
         let then = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
-            - Duration::from_secs(7200);
+            - Duration::from_secs(2 * 86_400);
         uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
             uuid::NoContext,
             then.as_secs(),
@@ -240,7 +241,7 @@ async fn a_last_event_id_older_than_retention_gets_410_with_where_to_resume() {
     let pool = herald::db::build_pool(&app.database_url, 2, Duration::from_secs(5)).unwrap();
     let purged = herald::retention::purge_once(
         &pool,
-        Duration::from_secs(3600),
+        Duration::from_secs(86_400),
         &herald::metrics::Metrics::default(),
     )
     .await

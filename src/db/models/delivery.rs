@@ -373,12 +373,26 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
+/// A delivery's outcome to record where its claim still holds.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeOf<'a> {
+    /// The delivery.
+    pub id: Uuid,
+    /// Its event: deliveries are partitioned by it, so the update finds the row in its
+    /// day's partition instead of probing every day's.
+    pub event_id: Uuid,
+    /// The claim the attempt was made under.
+    pub token: Uuid,
+    /// Where the attempt leaves it.
+    pub outcome: &'a Outcome,
+}
+
 /// Records many attempts and their outcomes in one statement: outcomes only where the
-/// claim still holds (`items`: delivery, token, outcome), attempts always (they happened).
-/// Returns the ids whose outcome was recorded.
+/// claim still holds, attempts always (they happened). Returns the ids whose outcome was
+/// recorded.
 pub async fn record_many(
     conn: &mut AsyncPgConnection,
-    items: &[(Uuid, Uuid, &Outcome)],
+    items: &[OutcomeOf<'_>],
     attempts: &[&Attempt],
 ) -> QueryResult<Vec<Uuid>> {
     #[derive(QueryableByName)]
@@ -389,13 +403,14 @@ pub async fn record_many(
     if items.is_empty() && attempts.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = items.iter().map(|(id, _, _)| *id).collect();
-    let tokens: Vec<Uuid> = items.iter().map(|(_, token, _)| *token).collect();
-    let statuses: Vec<&str> = items.iter().map(|(_, _, o)| o.status.as_str()).collect();
+    let ids: Vec<Uuid> = items.iter().map(|i| i.id).collect();
+    let events: Vec<Uuid> = items.iter().map(|i| i.event_id).collect();
+    let tokens: Vec<Uuid> = items.iter().map(|i| i.token).collect();
+    let statuses: Vec<&str> = items.iter().map(|i| i.outcome.status.as_str()).collect();
     let next_at: Vec<Option<DateTime<Utc>>> =
-        items.iter().map(|(_, _, o)| o.next_attempt_at).collect();
-    let codes: Vec<Option<i32>> = items.iter().map(|(_, _, o)| o.status_code).collect();
-    let errors: Vec<Option<&str>> = items.iter().map(|(_, _, o)| o.error.as_deref()).collect();
+        items.iter().map(|i| i.outcome.next_attempt_at).collect();
+    let codes: Vec<Option<i32>> = items.iter().map(|i| i.outcome.status_code).collect();
+    let errors: Vec<Option<&str>> = items.iter().map(|i| i.outcome.error.as_deref()).collect();
     let a_ids: Vec<Uuid> = attempts.iter().map(|a| a.id).collect();
     let a_deliveries: Vec<Uuid> = attempts.iter().map(|a| a.delivery_id).collect();
     let a_started: Vec<DateTime<Utc>> = attempts.iter().map(|a| a.started_at).collect();
@@ -429,8 +444,8 @@ pub async fn record_many(
                     last_error = u.err, replay_requested = false, replay_requested_by = NULL, \
                     updated_at = now() \
                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[], \
-                           $6::text[]) AS u(id, token, status, next_at, code, err) \
-              WHERE d.id = u.id AND d.claim_token = u.token \
+                           $6::text[], $19::uuid[]) AS u(id, token, status, next_at, code, err, event_id) \
+              WHERE d.event_id = u.event_id AND d.id = u.id AND d.claim_token = u.token \
              RETURNING d.id",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
@@ -450,7 +465,8 @@ pub async fn record_many(
         .bind::<Array<Nullable<Jsonb>>, _>(&a_response_headers)
         .bind::<Array<Nullable<Text>>, _>(&a_bodies)
         .bind::<Array<Nullable<Text>>, _>(&a_classes)
-        .bind::<Array<Nullable<Text>>, _>(&a_details),
+        .bind::<Array<Nullable<Text>>, _>(&a_details)
+        .bind::<Array<SqlUuid>, _>(&events),
     )
     .load(conn)
     .await?;
