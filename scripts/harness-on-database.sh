@@ -23,7 +23,7 @@ if [ -n "${TEMPLATE:-}" ]; then
 fi
 export DATABASE_URL=postgres://postgres@127.0.0.1/$DB HERALD_LISTEN=127.0.0.1:$PORT \
   HERALD_ADMIN_KEY=$KEY HERALD_ALLOWED_DESTINATIONS=127.0.0.0/8 \
-  HERALD_RETENTION=${RETENTION:-30d} RUST_LOG=warn,herald::retention=info
+  HERALD_RETENTION=${RETENTION:-30d} RUST_LOG=warn,herald::retention=info,herald::partitions=info
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null || true' EXIT
 "$WHBENCH" receiver --listen 127.0.0.1:$RECV_PORT --out "$OUT/recv.tsv" --id-header webhook-id \

@@ -113,6 +113,7 @@ async fn drop_days(
     .await?;
     let mut events = 0;
     for day in days {
+        let started = std::time::Instant::now();
         diesel::sql_query(
             "DELETE FROM deliveries \
               WHERE ($1::date IS NULL OR event_id >= herald_day_id($1)) \
@@ -130,7 +131,12 @@ async fn drop_days(
             .bind::<Text, _>(&day.suffix)
             .execute(conn)
             .await?;
-        tracing::info!(partition = %day.suffix, until = %day.until, "dropped a day of history");
+        tracing::info!(
+            partition = %day.suffix,
+            until = %day.until,
+            elapsed_ms = started.elapsed().as_millis(),
+            "dropped a day of history"
+        );
     }
     Ok(events)
 }

@@ -14,6 +14,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 use super::delivery::DeliveryStatus;
+use crate::db::prepared::prepared;
 
 /// Deliveries of one status created in the last hour and the last day.
 #[derive(Debug, Clone, QueryableByName)]
@@ -34,14 +35,16 @@ const DAY_WINDOW: &str = "date_trunc('hour', now() - interval '1 day')";
 
 /// Deliveries by status over the last hour and day.
 pub async fn status_counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<StatusCount>> {
-    diesel::sql_query(format!(
+    // Prepared: planned once per connection (with a day partition per day kept,
+    // planning it on every call cost more than running it).
+    prepared(diesel::sql_query(format!(
         "SELECT status, \
                 coalesce(sum(n) FILTER (WHERE span = 1 AND \
                     bucket >= date_trunc('minute', now()) - interval '59 minutes'), 0)::int8 \
                   AS last_hour, \
                 coalesce(sum(n), 0)::int8 AS last_day \
            FROM delivery_counts WHERE bucket >= {DAY_WINDOW} GROUP BY status"
-    ))
+    )))
     .load(conn)
     .await
 }
@@ -99,13 +102,13 @@ pub struct Backlog {
 
 /// The backlog.
 pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<Backlog> {
-    diesel::sql_query(
+    prepared(diesel::sql_query(
         "SELECT count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= now()) AS due, \
                 count(*) FILTER (WHERE status = 'pending') AS pending, \
                 count(*) FILTER (WHERE status = 'delivering') AS delivering, \
                 min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= now()) AS oldest_due_at \
            FROM deliveries WHERE status IN ('pending', 'delivering')",
-    )
+    ))
     .get_result(conn)
     .await
 }
@@ -145,16 +148,26 @@ pub struct EndpointHealth {
     pub last_error: Option<String>,
 }
 
+/// How far back the last error is looked for, in days of events: a week covers the retry
+/// schedule (about three days) and `HERALD_DISABLE_AFTER` (five), and bounds the look to
+/// as many day partitions whatever the retention (each probed day costs every endpoint an
+/// index probe).
+const ERROR_DAYS: i32 = 7;
+
 /// Every endpoint's health: the day's outcomes from `delivery_counts`, the backlog from the
-/// unfinished deliveries, the last error from the small index of deliveries with one.
+/// unfinished deliveries, the last error from the small index of deliveries with one
+/// (deliveries of the last [`ERROR_DAYS`] days' events).
 pub async fn endpoint_health(conn: &mut AsyncPgConnection) -> QueryResult<Vec<EndpointHealth>> {
-    diesel::sql_query(format!(
+    // Prepared: planned once per connection (with a day partition per day kept,
+    // planning it on every call cost more than running it).
+    prepared(diesel::sql_query(format!(
         "SELECT e.id, e.url, e.enabled, e.disabled_reason, e.failing_since, e.last_success_at, \
                 coalesce(c.succeeded, 0)::int8 AS succeeded_24h, \
                 coalesce(c.failed, 0)::int8 AS failed_24h, \
                 coalesce(b.backlog, 0)::int8 AS backlog, \
                 (SELECT x.last_error FROM deliveries x \
                   WHERE x.endpoint_id = e.id AND x.last_error IS NOT NULL \
+                    AND x.event_id >= herald_day_id((now() AT TIME ZONE 'UTC')::date - {ERROR_DAYS}) \
                   ORDER BY x.updated_at DESC LIMIT 1) AS last_error \
            FROM endpoints e \
            LEFT JOIN (SELECT endpoint_id, \
@@ -166,7 +179,7 @@ pub async fn endpoint_health(conn: &mut AsyncPgConnection) -> QueryResult<Vec<En
                        WHERE status IN ('pending', 'delivering') \
                        GROUP BY endpoint_id) b ON b.endpoint_id = e.id \
           ORDER BY e.id"
-    ))
+    )))
     .load(conn)
     .await
 }
