@@ -169,7 +169,8 @@ async fn commit_group(conn: &Dedicated, group: Vec<Job>, notifier: &Notifier) {
 }
 
 /// One statement (so one transaction of its own, with no `BEGIN`/`COMMIT` round trips),
-/// retried once on a deadlock or serialization failure. When this instance sends
+/// retried once on a deadlock or serialization failure, or after making the day partition
+/// it found missing. When this instance sends
 /// webhooks, the deliveries it can attempt at once are claimed in the same statement and
 /// handed to its worker after the commit (by [`Notifier::committed`]).
 ///
@@ -189,6 +190,13 @@ async fn store(
         let result = event::insert_all(live, events.clone(), claim.as_ref()).await;
         match result {
             Err(err) if attempt == 0 && is_retryable(&err) => attempt += 1,
+            Err(err) if attempt == 0 && crate::partitions::is_missing_partition(&err) => {
+                tracing::warn!(error = %err, "an event's day had no partition; making it");
+                crate::partitions::ensure_on(live)
+                    .await
+                    .map_err(IngestError::Query)?;
+                attempt += 1;
+            }
             Err(err) => {
                 if !is_statement_error(&err) {
                     guard.discard();

@@ -31,20 +31,32 @@ const DROP_LOCK: i64 = 0x4845_5241_4c44_5054; // "HERALDPT"
 /// Creates the partitions for today and the next [`DAYS_AHEAD`] days that do not exist
 /// yet; returns how many days it created.
 pub async fn ensure(pool: &DbPool) -> anyhow::Result<i64> {
+    let mut conn = pool.get().await?;
+    Ok(ensure_on(&mut conn).await?)
+}
+
+/// [`ensure`] on a connection of the caller's.
+pub async fn ensure_on(conn: &mut diesel_async::AsyncPgConnection) -> diesel::QueryResult<i64> {
     #[derive(diesel::QueryableByName)]
     struct Created {
         #[diesel(sql_type = BigInt)]
         n: i64,
     }
-    let mut conn = pool.get().await?;
     let created: Created = diesel::sql_query(
         "SELECT herald_ensure_partitions(d, d + $1::int4)::int8 AS n \
            FROM (SELECT (now() AT TIME ZONE 'UTC')::date AS d) AS today",
     )
     .bind::<BigInt, _>(i64::from(DAYS_AHEAD))
-    .get_result(&mut conn)
+    .get_result(conn)
     .await?;
     Ok(created.n)
+}
+
+/// Whether a write failed because the day it belongs to has no partition yet (the hourly
+/// [`run`] fell behind, or the clock jumped): [`ensure_on`] and a retry fix it.
+pub fn is_missing_partition(err: &diesel::result::Error) -> bool {
+    matches!(err, diesel::result::Error::DatabaseError(_, info)
+        if info.message().starts_with("no partition of relation"))
 }
 
 /// Runs [`ensure`] every [`ENSURE_INTERVAL`] until `cancel`.

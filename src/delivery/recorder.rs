@@ -247,7 +247,15 @@ impl Worker {
         let disable_after = self.disable_after;
         let mut guard = self.record_conn.lock().await?;
         let conn = guard.conn()?;
-        let result = write_on(conn, &items, &attempts, releases, &health, disable_after).await;
+        let mut result = write_on(conn, &items, &attempts, releases, &health, disable_after).await;
+        if let Err(err) = &result
+            && crate::partitions::is_missing_partition(err)
+        {
+            // Today's attempts partition is missing (the hourly check fell behind).
+            tracing::warn!(error = %err, "an attempt's day had no partition; making it");
+            crate::partitions::ensure_on(conn).await?;
+            result = write_on(conn, &items, &attempts, releases, &health, disable_after).await;
+        }
         if result.is_err() {
             guard.discard();
         }

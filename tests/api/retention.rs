@@ -380,3 +380,44 @@ async fn day_partitions_exist_ahead_and_each_row_lands_in_its_day() {
     );
     assert_eq!((a.unwrap(), b.unwrap()), (0, 0));
 }
+
+/// A publish whose day has no partition (the hourly check fell behind) makes it and is
+/// stored, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_whose_day_has_no_partition_makes_it_and_is_stored() {
+    let app = spawn_app().await;
+    assert_eq!(app.publish("s", "t", json!(1)).await["seq"], 1);
+    // Drop today's partitions (and tomorrow's): everything before tomorrow is past.
+    let pool = herald::db::build_pool(&app.database_url, 2, Duration::from_secs(5)).unwrap();
+    let tomorrow =
+        herald::retention::cutoff_id(SystemTime::now() + Duration::from_secs(DAY), Duration::ZERO);
+    assert_eq!(
+        herald::partitions::drop_before(&pool, tomorrow)
+            .await
+            .unwrap(),
+        1
+    );
+    let db = app.db().await;
+    let today_exists = || async {
+        db.query_one(
+            "SELECT to_regclass('events_p' || to_char((now() AT TIME ZONE 'UTC')::date, 'YYYYMMDD')) \
+                    IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    };
+    assert!(!today_exists().await);
+
+    let event = app.publish("s", "t", json!(2)).await;
+    assert_eq!(event["seq"], 2);
+    assert!(today_exists().await);
+    let page: Value = app
+        .get("/v1/streams/s/events?after=1&wait=0")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["events"][0], event);
+}
