@@ -1,7 +1,9 @@
 //! `herald bench views`: how long the operator's calls take against a running Herald, the
 //! console's pages and filters, the bulk-replay preview, endpoints with health and
-//! `/metrics`. Each call is made once to warm caches, then `--repeat` times in a row;
-//! p50, p99 and max are reported per call. Run it against a database filled by `herald
+//! `/metrics`. Each call is first made `--warmup` times (as many as Herald has pooled
+//! connections, so each has the call's statements prepared and planned, as on a Herald
+//! that has been serving), then `--repeat` times in a row; p50, p99 and max are reported
+//! per call. Run it against a database filled by `herald
 //! bench fill` to see what history costs (and against an empty one to compare).
 
 use std::time::{Duration, Instant};
@@ -19,9 +21,13 @@ pub struct ViewsOptions {
     /// An admin key.
     #[arg(long, env = "HERALD_API_KEY")]
     pub key: String,
-    /// Timed calls of each kind (after one warm-up call).
+    /// Timed calls of each kind.
     #[arg(long, default_value_t = 20)]
     pub repeat: usize,
+    /// Untimed calls of each kind first (at least Herald's `HERALD_DB_POOL_SIZE`: each
+    /// pooled connection plans a statement the first time it runs it).
+    #[arg(long, default_value_t = 32)]
+    pub warmup: usize,
 }
 
 /// One call: a name, a method, a path and a body.
@@ -109,7 +115,9 @@ pub async fn run(options: ViewsOptions) -> anyhow::Result<()> {
         "call", "p50 ms", "p99 ms", "max ms"
     );
     for call in &calls {
-        once(&client, &base, &options.key, call).await?;
+        for _ in 0..options.warmup.max(1) {
+            once(&client, &base, &options.key, call).await?;
+        }
         let mut times_us = Vec::with_capacity(options.repeat);
         for _ in 0..options.repeat {
             let took = once(&client, &base, &options.key, call).await?;
