@@ -160,33 +160,31 @@ async fn event_count(
     conn: &mut diesel_async::AsyncPgConnection,
     partition: &str,
 ) -> anyhow::Result<u64> {
-    #[derive(diesel::QueryableByName)]
-    struct Rows {
-        #[diesel(sql_type = Nullable<BigInt>)]
-        n: Option<i64>,
-    }
-    let rows: Vec<Rows> =
-        diesel::sql_query("SELECT reltuples::int8 AS n FROM pg_class WHERE oid = to_regclass($1)")
-            .bind::<Text, _>(partition)
-            .load(conn)
-            .await?;
-    if rows.is_empty() {
+    if reltuples(conn, partition).await?.is_none() {
         return Ok(0);
     }
     diesel::sql_query(format!("ANALYZE {}", quote_ident(partition)))
         .execute(conn)
         .await?;
+    Ok(reltuples(conn, partition).await?.unwrap_or(0).max(0) as u64)
+}
+
+/// `pg_class.reltuples` of `table`, or `None` when there is no such table.
+async fn reltuples(
+    conn: &mut diesel_async::AsyncPgConnection,
+    table: &str,
+) -> diesel::QueryResult<Option<i64>> {
+    #[derive(diesel::QueryableByName)]
+    struct Rows {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
     let rows: Vec<Rows> =
         diesel::sql_query("SELECT reltuples::int8 AS n FROM pg_class WHERE oid = to_regclass($1)")
-            .bind::<Text, _>(partition)
+            .bind::<Text, _>(table)
             .load(conn)
             .await?;
-    Ok(rows
-        .as_slice()
-        .first()
-        .and_then(|r| r.n)
-        .unwrap_or(0)
-        .max(0) as u64)
+    Ok(rows.as_slice().first().map(|r| r.n))
 }
 
 /// Takes `partition` out of `table` without blocking writers of `table`, then drops it.

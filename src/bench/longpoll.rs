@@ -360,8 +360,7 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
         report_rss(pid, &format!("with {held} waiters on one stream"));
         // The connection burst settles before the event (and a profiler can attach).
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let cpu_before = pid.and_then(super::cpu_ms);
-        let own_before = super::cpu_ms(std::process::id());
+        let cpu = super::CpuWindow::start(pid);
         let sent = Instant::now();
         if !super::publish(&client, &base, &key, &fan_stream).await {
             bail!("could not publish the fan-out event");
@@ -371,13 +370,7 @@ pub async fn run(options: LongpollOptions) -> anyhow::Result<()> {
             latencies.extend(task.await?.latencies_us);
         }
         let last = sent.elapsed();
-        let herald_cpu = pid
-            .and_then(super::cpu_ms)
-            .zip(cpu_before)
-            .map(|(a, b)| a - b);
-        let own_cpu = super::cpu_ms(std::process::id())
-            .zip(own_before)
-            .map(|(a, b)| a - b);
+        let (herald_cpu, own_cpu) = cpu.elapsed();
         latencies.sort_unstable();
         println!(
             "fan-out to {} waiters: all answered {:.1} ms after the publish was sent (p50 {:.1} ms, answers {})",

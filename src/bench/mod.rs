@@ -163,6 +163,33 @@ fn cpu_ms(pid: u32) -> Option<f64> {
     Some(ns as f64 / 1e6)
 }
 
+/// CPU used over a window by Herald (when its pid is known) and by this process.
+struct CpuWindow {
+    herald: Option<(u32, f64)>,
+    own: Option<f64>,
+}
+
+impl CpuWindow {
+    /// Starts the window now.
+    fn start(herald: Option<u32>) -> Self {
+        Self {
+            herald: herald.and_then(|pid| Some((pid, cpu_ms(pid)?))),
+            own: cpu_ms(std::process::id()),
+        }
+    }
+
+    /// Milliseconds of CPU since [`CpuWindow::start`]: Herald's, then this process's.
+    fn elapsed(&self) -> (Option<f64>, Option<f64>) {
+        let herald = self
+            .herald
+            .and_then(|(pid, before)| Some(cpu_ms(pid)? - before));
+        let own = self
+            .own
+            .and_then(|before| Some(cpu_ms(std::process::id())? - before));
+        (herald, own)
+    }
+}
+
 /// "RSS 141.5 MiB (anonymous 130.2 MiB)".
 fn memory(pid: u32) -> Option<String> {
     let rss = rss_mib(pid)?;

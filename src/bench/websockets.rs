@@ -353,8 +353,7 @@ pub async fn run(options: WebsocketsOptions) -> anyhow::Result<()> {
         report_errors(&errors);
         let mut rounds = Vec::new();
         for round in 1..=options.fanout_rounds.max(1) {
-            let cpu_before = pid.and_then(super::cpu_ms);
-            let own_before = super::cpu_ms(std::process::id());
+            let cpu = super::CpuWindow::start(pid);
             let sent = Instant::now();
             if !super::publish(&client, &base, &options.key, &fan).await {
                 bail!("could not publish the fan-out event");
@@ -370,13 +369,7 @@ pub async fn run(options: WebsocketsOptions) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let all = sent.elapsed().as_secs_f64() * 1000.0;
-            let herald_cpu = pid
-                .and_then(super::cpu_ms)
-                .zip(cpu_before)
-                .map(|(a, b)| a - b);
-            let own_cpu = super::cpu_ms(std::process::id())
-                .zip(own_before)
-                .map(|(a, b)| a - b);
+            let (herald_cpu, own_cpu) = cpu.elapsed();
             let mut samples =
                 std::mem::take(&mut *latencies.lock().unwrap_or_else(PoisonError::into_inner));
             samples.sort_unstable();

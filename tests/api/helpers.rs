@@ -426,6 +426,15 @@ impl TestApp {
         .unwrap();
     }
 
+    /// Applies the pending migrations, as an upgraded Herald does at its start.
+    pub async fn run_migrations(&self) {
+        let url = self.database_url.clone();
+        tokio::task::spawn_blocking(move || herald::db::run_migrations(&url))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     /// Makes the day partitions from `days` days ago to today (a running Herald makes
     /// today's and the next days' only), so that tests can move history into the past.
     pub async fn partitions_back(&self, days: i32) {

@@ -232,11 +232,7 @@ async fn the_migration_keeps_history_in_legacy_partitions_that_retention_drops_w
     .await
     .unwrap();
 
-    let url = app.database_url.clone();
-    tokio::task::spawn_blocking(move || herald::db::run_migrations(&url))
-        .await
-        .unwrap()
-        .unwrap();
+    app.run_migrations().await;
     assert_eq!(kind("events").await, "p");
     let legacy: i64 = db
         .query_one(

@@ -314,11 +314,7 @@ async fn the_migration_counts_the_deliveries_already_there() {
     .await
     .unwrap();
 
-    let url = app.database_url.clone();
-    tokio::task::spawn_blocking(move || herald::db::run_migrations(&url))
-        .await
-        .unwrap()
-        .unwrap();
+    app.run_migrations().await;
     let counts = assert_exact(&app, "after the migration", |_| true).await;
     assert_eq!(counts.by_status.get("succeeded"), Some(&4));
     assert_eq!(counts.by_status.get("failed"), Some(&1));
