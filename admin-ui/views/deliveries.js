@@ -76,10 +76,15 @@ export async function render(root, { navigate, query: params }) {
         replace(bulkArea, h("p", { class: "notice", role: "status", text: "No deliveries match this filter (deliveries being attempted right now are not counted)." }));
         return;
       }
+      const n = preview.would_replay;
+      const some = n < preview.matched;
       const ok = await confirmDialog(
-        `Replay ${preview.matched} ${preview.matched === 1 ? "delivery" : "deliveries"}?`,
-        `Every delivery matching the current filter (${describe(filter, urlOf)}) will be sent again now, as a replay by your key.`,
-        `Replay ${preview.matched}`,
+        some
+          ? `Replay ${n.toLocaleString("en")} of ${preview.matched.toLocaleString("en")} deliveries?`
+          : `Replay ${n.toLocaleString("en")} ${n === 1 ? "delivery" : "deliveries"}?`,
+        `Every delivery matching the current filter (${describe(filter, urlOf)}) will be sent again now, as a replay by your key.` +
+          (some ? ` One replay takes at most ${n.toLocaleString("en")}: replay again for the rest.` : ""),
+        `Replay ${n.toLocaleString("en")}`,
       );
       if (!ok) return;
       const done = await api("POST", "/v1/deliveries/replay", { filter });

@@ -151,7 +151,7 @@ export async function render(root, { params, navigate }) {
         h("dt", { text: "Backlog" }), h("dd", { text: String(hl.backlog || 0) }),
         h("dt", { text: "Failing since" }), h("dd", {}, time(endpoint.failing_since)),
         h("dt", { text: "Last success" }), h("dd", {}, time(endpoint.last_success_at)),
-        h("dt", { text: "Last error" }), h("dd", { class: "mono break", text: hl.last_error || "—" }),
+        h("dt", { text: "Last error" }), h("dd", { id: "endpoint-last-error", class: "mono break" }, hl.last_error ? [hl.last_error, " · ", time(hl.last_error_at)] : "—"),
         h("dt", { text: "URL" }), h("dd", { class: "mono break", text: endpoint.url }),
         h("dt", { text: "Created" }), h("dd", {}, time(endpoint.created_at))),
     );

@@ -178,6 +178,8 @@ pub struct BulkReplayPreview {
     pub replayed: i64,
     /// How many deliveries match (not counting those in flight).
     pub matched: i64,
+    /// How many of them the replay would make due: all, up to [`MAX_BULK_REPLAY`].
+    pub would_replay: i64,
 }
 
 /// Which deliveries: the list's query parameters, and a bulk replay's `filter`. Every
@@ -506,6 +508,7 @@ async fn replay_deliveries(
         return Ok(HttpResponse::Ok().json(BulkReplayPreview {
             replayed: 0,
             matched,
+            would_replay: matched.min(MAX_BULK_REPLAY),
         }));
     }
     let replay = Replay::new("filter", recorded, principal.key_id);

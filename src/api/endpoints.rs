@@ -78,6 +78,10 @@ pub struct EndpointDto {
     updated_at: DateTime<Utc>,
     failing_since: Option<DateTime<Utc>>,
     last_success_at: Option<DateTime<Utc>>,
+    /// The last error an attempt met, kept after a success (compare `last_success_at`).
+    last_error: Option<String>,
+    /// When that error was recorded.
+    last_error_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
 }
@@ -101,6 +105,8 @@ impl EndpointDto {
             updated_at: e.updated_at,
             failing_since: e.failing_since,
             last_success_at: e.last_success_at,
+            last_error: e.last_error,
+            last_error_at: e.last_error_at,
         }
     }
 }
@@ -301,6 +307,8 @@ async fn create_endpoint(
         updated_at: now,
         failing_since: None,
         last_success_at: None,
+        last_error: None,
+        last_error_at: None,
     };
     apply(input, &mut endpoint, &state.settings.destinations)?;
     let mut conn = state.pool.get().await?;

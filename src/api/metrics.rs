@@ -29,7 +29,8 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 async fn get_metrics(state: web::Data<AppState>) -> HttpResponse {
     let queue = tokio::time::timeout(QUEUE_QUERY_TIMEOUT, async {
         let mut conn = state.pool.get().await.ok()?;
-        overview::backlog(&mut conn).await.ok()
+        let by_endpoint = overview::backlog(&mut conn).await.ok()?;
+        Some(overview::total_backlog(&by_endpoint))
     })
     .await
     .ok()

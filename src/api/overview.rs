@@ -2,6 +2,8 @@
 
 use actix_web::get;
 use actix_web::{HttpResponse, web};
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
@@ -32,40 +34,53 @@ async fn get_overview(
     let counts = overview::status_counts(&mut conn).await?;
     let backlog = overview::backlog(&mut conn).await?;
     let endpoints = overview::endpoint_health(&mut conn).await?;
-    let by = |pick: fn(&overview::StatusCount) -> i64| {
-        let mut by_status = StatusCounts::default();
-        for c in &counts {
-            let n = pick(c);
-            match c.status {
-                DeliveryStatus::Pending => by_status.pending = n,
-                DeliveryStatus::Delivering => by_status.delivering = n,
-                DeliveryStatus::Succeeded => by_status.succeeded = n,
-                DeliveryStatus::Failed => by_status.failed = n,
-            }
+    drop(conn);
+    let mut last_hour = StatusCounts::default();
+    let mut last_day = StatusCounts::default();
+    let mut finished: HashMap<Uuid, (i64, i64)> = HashMap::new();
+    for c in &counts {
+        last_hour.add(c.status, c.last_hour);
+        last_day.add(c.status, c.last_day);
+        let (succeeded, failed) = finished.entry(c.endpoint_id).or_default();
+        match c.status {
+            DeliveryStatus::Succeeded => *succeeded += c.last_day,
+            DeliveryStatus::Failed => *failed += c.last_day,
+            DeliveryStatus::Pending | DeliveryStatus::Delivering => {}
         }
-        by_status
-    };
+    }
+    let unfinished: HashMap<Uuid, i64> = backlog
+        .iter()
+        .map(|b| (b.endpoint_id, b.pending + b.delivering))
+        .collect();
+    let total = overview::total_backlog(&backlog);
     let now = Utc::now();
     Ok(HttpResponse::Ok().json(Overview {
         deliveries: OverviewDeliveries {
-            last_hour: by(|c| c.last_hour),
-            last_day: by(|c| c.last_day),
+            last_hour,
+            last_day,
         },
         backlog: OverviewBacklog {
-            due: backlog.due,
-            pending: backlog.pending,
-            delivering: backlog.delivering,
-            oldest_due_age_seconds: backlog
+            due: total.due,
+            pending: total.pending,
+            delivering: total.delivering,
+            oldest_due_age_seconds: total
                 .oldest_due_at
                 .map(|at| (now - at).num_milliseconds().max(0) as f64 / 1000.0),
         },
-        endpoints: endpoints.into_iter().map(EndpointHealth::from).collect(),
+        endpoints: endpoints
+            .into_iter()
+            .map(|e| {
+                let (succeeded, failed) = finished.get(&e.id).copied().unwrap_or_default();
+                let backlog = unfinished.get(&e.id).copied().unwrap_or_default();
+                EndpointHealth::new(e, succeeded, failed, backlog)
+            })
+            .collect(),
     }))
 }
 
-impl From<overview::EndpointHealth> for EndpointHealth {
-    fn from(e: overview::EndpointHealth) -> Self {
-        let finished = e.succeeded_24h + e.failed_24h;
+impl EndpointHealth {
+    fn new(e: overview::EndpointHealth, succeeded_24h: i64, failed_24h: i64, backlog: i64) -> Self {
+        let finished = succeeded_24h + failed_24h;
         Self {
             id: e.id,
             url: e.url,
@@ -73,11 +88,23 @@ impl From<overview::EndpointHealth> for EndpointHealth {
             disabled_reason: e.disabled_reason,
             failing_since: e.failing_since,
             last_success_at: e.last_success_at,
-            succeeded_24h: e.succeeded_24h,
-            failed_24h: e.failed_24h,
-            success_rate_24h: (finished > 0).then(|| e.succeeded_24h as f64 / finished as f64),
-            backlog: e.backlog,
+            succeeded_24h,
+            failed_24h,
+            success_rate_24h: (finished > 0).then(|| succeeded_24h as f64 / finished as f64),
+            backlog,
             last_error: e.last_error,
+            last_error_at: e.last_error_at,
+        }
+    }
+}
+
+impl StatusCounts {
+    fn add(&mut self, status: DeliveryStatus, n: i64) {
+        match status {
+            DeliveryStatus::Pending => self.pending += n,
+            DeliveryStatus::Delivering => self.delivering += n,
+            DeliveryStatus::Succeeded => self.succeeded += n,
+            DeliveryStatus::Failed => self.failed += n,
         }
     }
 }
@@ -151,6 +178,8 @@ pub struct EndpointHealth {
     pub success_rate_24h: Option<f64>,
     /// Deliveries pending or in flight.
     pub backlog: i64,
-    /// The last error recorded for it.
+    /// The last error an attempt met (kept after a success: compare `last_success_at`).
     pub last_error: Option<String>,
+    /// When that error was recorded.
+    pub last_error_at: Option<DateTime<Utc>>,
 }

@@ -74,6 +74,8 @@ diesel::table! {
         updated_at -> Timestamptz,
         failing_since -> Nullable<Timestamptz>,
         last_success_at -> Nullable<Timestamptz>,
+        last_error -> Nullable<Text>,
+        last_error_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -244,17 +244,23 @@ impl Worker {
             .collect();
         let attempts: Vec<&Attempt> = batch.iter().map(|r| &r.attempt).collect();
         let health = self.health_changes(batch);
+        let errors = last_errors(batch);
         let disable_after = self.disable_after;
         let mut guard = self.record_conn.lock().await?;
         let conn = guard.conn()?;
-        let mut result = write_on(conn, &items, &attempts, releases, &health, disable_after).await;
+        let endpoints = EndpointChanges {
+            health: &health,
+            errors: &errors,
+            disable_after,
+        };
+        let mut result = write_on(conn, &items, &attempts, releases, &endpoints).await;
         if let Err(err) = &result
             && crate::partitions::is_missing_partition(err)
         {
             // Today's attempts partition is missing (the hourly check fell behind).
             tracing::warn!(error = %err, "an attempt's day had no partition; making it");
             crate::partitions::ensure_on(conn).await?;
-            result = write_on(conn, &items, &attempts, releases, &health, disable_after).await;
+            result = write_on(conn, &items, &attempts, releases, &endpoints).await;
         }
         if result.is_err() {
             guard.discard();
@@ -356,17 +362,42 @@ impl Worker {
     }
 }
 
+/// Each endpoint's last error in `batch` (the batch is in the order attempts ended).
+fn last_errors(batch: &[Record]) -> Vec<(Uuid, &str)> {
+    let mut last: HashMap<Uuid, &str> = HashMap::new();
+    for r in batch {
+        if let Some(error) = &r.outcome.error {
+            last.insert(r.claimed.endpoint_id, error);
+        }
+    }
+    last.into_iter().collect()
+}
+
+/// What a batch changes on its endpoints' rows.
+struct EndpointChanges<'a> {
+    /// Health changes (see [`Recorder::health_changes`]).
+    health: &'a [(Uuid, Health)],
+    /// Each endpoint's last error in the batch.
+    errors: &'a [(Uuid, &'a str)],
+    /// `HERALD_DISABLE_AFTER`.
+    disable_after: Duration,
+}
+
 /// Writes a batch on `conn`: one statement for the outcomes and attempts (and one for
-/// released claims), in one transaction with the health changes when there are any.
+/// released claims), in one transaction with the endpoints' changes when there are any.
 async fn write_on(
     conn: &mut diesel_async::AsyncPgConnection,
     items: &[delivery::OutcomeOf<'_>],
     attempts: &[&Attempt],
     releases: &[(Uuid, Uuid)],
-    health: &[(Uuid, Health)],
-    disable_after: Duration,
+    endpoints: &EndpointChanges<'_>,
 ) -> diesel::QueryResult<BatchEffects> {
-    if health.is_empty() {
+    let EndpointChanges {
+        health,
+        errors,
+        disable_after,
+    } = *endpoints;
+    if health.is_empty() && errors.is_empty() {
         let recorded = delivery::record_many(conn, items, attempts).await?;
         delivery::release(conn, releases).await?;
         return Ok(BatchEffects {
@@ -381,6 +412,7 @@ async fn write_on(
             recorded: recorded.into_iter().collect(),
             ..BatchEffects::default()
         };
+        endpoint::note_errors(conn, errors).await?;
         for (endpoint_id, change) in health {
             let disabled = match change {
                 Health::Gone => {

@@ -410,6 +410,8 @@ async fn an_operator_manages_an_endpoint() {
             "document.body.innerText.includes('2 failed')",
         )
         .await;
+    let last_error = browser.text("#endpoint-last-error").await;
+    assert!(last_error.contains("HTTP 503"), "{last_error}");
     browser.screenshot("endpoint").await;
 
     // Rotate: the new secret is shown once, with a copy button.

@@ -13,11 +13,13 @@ use serde_json::{Value, json};
 use crate::helpers::{TestApp, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
 
-/// Day counts by status, and by endpoint the day's succeeded and failed and its backlog.
+/// Day counts by status, by endpoint the day's succeeded and failed and its backlog, and
+/// the whole backlog (pending, delivering).
 #[derive(Debug, PartialEq, Eq, Default)]
 struct Counts {
     by_status: BTreeMap<String, i64>,
     by_endpoint: BTreeMap<String, (i64, i64, i64)>,
+    backlog: (i64, i64),
 }
 
 /// What the overview says.
@@ -39,6 +41,10 @@ async fn overview_counts(app: &TestApp) -> Counts {
             ),
         );
     }
+    counts.backlog = (
+        overview["backlog"]["pending"].as_i64().unwrap(),
+        overview["backlog"]["delivering"].as_i64().unwrap(),
+    );
     counts
 }
 
@@ -75,6 +81,15 @@ async fn table_counts(app: &TestApp) -> Counts {
             .by_endpoint
             .insert(row.get(0), (row.get(1), row.get(2), row.get(3)));
     }
+    let backlog = db
+        .query_one(
+            "SELECT count(*) FILTER (WHERE status = 'pending'), \
+                    count(*) FILTER (WHERE status = 'delivering') FROM deliveries",
+            &[],
+        )
+        .await
+        .unwrap();
+    counts.backlog = (backlog.get(0), backlog.get(1));
     counts
 }
 
@@ -284,8 +299,10 @@ async fn the_migration_counts_the_deliveries_already_there() {
     assert_exact(&app, "before", |c| c.by_status.get("succeeded") == Some(&6)).await;
 
     // Back to the schema before the counters (000012), and so before the error index
-    // (000013), time-ordered delivery ids (000014) and WebSocket tickets (000015).
+    // (000013), time-ordered delivery ids (000014), WebSocket tickets (000015), day
+    // partitions (000016) and endpoints' last errors (000017).
     app.revert_migrations(&[
+        "20261203000017",
         "20261203000016",
         "20261203000015",
         "20261202000014",

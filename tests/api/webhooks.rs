@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 use herald::config::Settings;
 use herald::domain::destination::DestinationGuard;
 use herald::domain::retry::RetrySchedule;
@@ -20,6 +22,16 @@ fn fast(settings: &mut Settings, schedule: &str) {
 async fn webhook_app(schedule: &str) -> TestApp {
     let schedule = schedule.to_owned();
     spawn_app_with(move |s| fast(s, &schedule)).await
+}
+
+/// An instance that serves the API and attempts nothing.
+async fn api_only_app(schedule: &str) -> TestApp {
+    let schedule = schedule.to_owned();
+    spawn_app_with(move |s| {
+        fast(s, &schedule);
+        s.delivery_concurrency = 0;
+    })
+    .await
 }
 
 async fn create_endpoint(app: &TestApp, body: Value) -> Value {
@@ -540,16 +552,68 @@ async fn deliveries_are_listed_newest_first_with_filters_and_cursors() {
     .await;
 }
 
+/// One bulk replay makes at most 100,000 deliveries due; its dry run says how many match
+/// and how many of those it would take, and the rest are left for the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_takes_at_most_its_cap_and_its_preview_says_so() {
+    let app = api_only_app("").await;
+    let receiver = Receiver::start().await;
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    app.publish("s", "t", json!(1)).await;
+    let cap = herald::api::deliveries::MAX_BULK_REPLAY;
+    // The one delivery, failed, and as many more for other endpoints as it takes to pass
+    // the cap by two.
+    app.db()
+        .await
+        .execute(
+            "WITH one AS (UPDATE deliveries SET status = 'failed' RETURNING *) \
+             INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                                     created_at, updated_at) \
+             SELECT herald_uuid7(), one.event_id, gen_random_uuid(), one.stream, one.seq, \
+                    one.event_type, 'failed', now(), now() \
+               FROM one, generate_series(1, $1::int8 + 1)",
+            &[&cap],
+        )
+        .await
+        .unwrap();
+    let preview = json!({"filter": {"status": "failed"}, "dry_run": true});
+    let counted: Value = app
+        .post("/v1/deliveries/replay", &preview)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        counted,
+        json!({"replayed": 0, "matched": cap + 2, "would_replay": cap})
+    );
+    let replayed = app
+        .post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"status": "failed"}}),
+        )
+        .await;
+    assert_eq!(replayed.status(), 202);
+    let replayed: Value = replayed.json().await.unwrap();
+    assert_eq!(replayed["replayed"], cap);
+    let left: Value = app
+        .post("/v1/deliveries/replay", &preview)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        json!({"replayed": 0, "matched": 2, "would_replay": 2})
+    );
+}
+
 /// A filter no index answers (here the event type) looks through at most
 /// `SCAN_BUDGET` candidates per call: a rare match behind more recent deliveries than
 /// that comes on a later page, the pages before it saying how far back they searched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rare_filter_searches_history_in_bounded_steps_and_finds_every_match() {
-    let app = spawn_app_with(|s| {
-        fast(s, "1s");
-        s.delivery_concurrency = 0;
-    })
-    .await;
+    let app = api_only_app("1s").await;
     let receiver = Receiver::start().await;
     create_endpoint(&app, json!({"url": receiver.url})).await;
     let budget = herald::db::models::delivery::SCAN_BUDGET as usize;
@@ -637,7 +701,10 @@ async fn bulk_replay_and_recover_replay_exactly_the_matching_deliveries() {
         .json()
         .await
         .unwrap();
-    assert_eq!(preview, json!({"replayed": 0, "matched": 4}));
+    assert_eq!(
+        preview,
+        json!({"replayed": 0, "matched": 4, "would_replay": 4})
+    );
     let filter = json!({"filter": {"status": "failed", "event_type": "order.created"}});
     let replayed = app.post("/v1/deliveries/replay", &filter).await;
     assert_eq!(replayed.status(), 202);
@@ -917,6 +984,110 @@ async fn the_overview_counts_deliveries_backlog_and_endpoint_health() {
         .await
         .unwrap();
     assert_problem(denied, 403, "forbidden").await;
+}
+
+/// The endpoint shows the last error an attempt met and when; it stays after the endpoint
+/// recovers (its last success is then later), and a new error replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_keeps_its_last_error_and_when() {
+    let app = webhook_app("").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(503));
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url})).await;
+    let path = format!("/v1/endpoints/{}", endpoint["id"].as_str().unwrap());
+    assert!(endpoint["last_error"].is_null() && endpoint["last_error_at"].is_null());
+    // Polls the endpoint until `shown` says so (10 s at most).
+    let until = async |what: &str, shown: fn(&Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let endpoint: Value = app.get(&path).await.json().await.unwrap();
+            if shown(&endpoint) {
+                return endpoint;
+            }
+            assert!(Instant::now() < deadline, "{what}: {endpoint}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let time = |v: &Value| -> DateTime<Utc> { v.as_str().unwrap().parse().unwrap() };
+
+    app.publish("s", "t", json!(1)).await;
+    let failing = until("the 503", |e| e["last_error"].is_string()).await;
+    assert!(
+        failing["last_error"].as_str().unwrap().contains("HTTP 503"),
+        "{failing}"
+    );
+
+    // The next event succeeds: the error stays, with a success after it.
+    receiver.set_default(Reply::status(200));
+    app.publish("s", "t", json!(2)).await;
+    let recovered = until("the success", |e| e["last_success_at"].is_string()).await;
+    assert_eq!(recovered["last_error"], failing["last_error"]);
+    assert_eq!(recovered["last_error_at"], failing["last_error_at"]);
+    assert!(time(&recovered["last_success_at"]) >= time(&failing["last_error_at"]));
+    let overview: Value = app.get("/v1/overview").await.json().await.unwrap();
+    let health = &overview["endpoints"][0];
+    assert_eq!(health["last_error"], failing["last_error"]);
+    assert_eq!(health["last_error_at"], failing["last_error_at"]);
+
+    // A different error replaces it.
+    receiver.set_default(Reply::status(500));
+    app.publish("s", "t", json!(3)).await;
+    let again = until("the 500", |e| {
+        e["last_error"].as_str().unwrap().contains("HTTP 500")
+    })
+    .await;
+    assert!(time(&again["last_error_at"]) >= time(&recovered["last_success_at"]));
+}
+
+/// An installation from before endpoints kept their last error: the migration takes each
+/// endpoint's from its deliveries of the last week.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_finds_each_endpoints_last_error_in_its_deliveries() {
+    let app = webhook_app("").await;
+    let receiver = Receiver::start().await;
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url})).await;
+    let quiet = create_endpoint(&app, json!({"url": receiver.url, "streams": ["none"]})).await;
+    for i in 0..2 {
+        app.publish("s", "t", json!(i)).await;
+    }
+    receiver.wait_for(2, Duration::from_secs(5)).await;
+    app.wait_until_settled().await;
+    app.revert_migrations(&["20261203000017"]).await;
+    let db = app.db().await;
+    // Two deliveries with an error, the later one is the endpoint's last.
+    db.batch_execute(
+        "WITH d AS (SELECT id, row_number() OVER (ORDER BY id) AS k FROM deliveries) \
+         UPDATE deliveries x SET status = 'failed', \
+                last_error = CASE WHEN d.k = 1 THEN 'HTTP 502' ELSE 'timeout' END, \
+                updated_at = now() - CASE WHEN d.k = 1 THEN interval '2 hours' ELSE interval '1 hour' END \
+           FROM d WHERE d.id = x.id",
+    )
+    .await
+    .unwrap();
+    app.run_migrations().await;
+    let shown: Value = app
+        .get(&format!(
+            "/v1/endpoints/{}",
+            endpoint["id"].as_str().unwrap()
+        ))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["last_error"], "timeout", "{shown}");
+    let at: DateTime<Utc> = shown["last_error_at"].as_str().unwrap().parse().unwrap();
+    let age = Utc::now() - at;
+    assert!(
+        age > chrono::Duration::minutes(59) && age < chrono::Duration::minutes(61),
+        "{age}"
+    );
+    let quiet: Value = app
+        .get(&format!("/v1/endpoints/{}", quiet["id"].as_str().unwrap()))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(quiet["last_error"].is_null() && quiet["last_error_at"].is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

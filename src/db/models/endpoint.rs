@@ -5,6 +5,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
+use crate::db::prepared::prepared;
 use crate::db::schema::endpoints;
 
 /// A stored endpoint.
@@ -47,6 +48,13 @@ pub struct Endpoint {
     pub failing_since: Option<DateTime<Utc>>,
     /// Its last successful delivery.
     pub last_success_at: Option<DateTime<Utc>>,
+    /// The last error an attempt met (written by the recorder, never by an update of the
+    /// endpoint's settings).
+    #[diesel(skip_update)]
+    pub last_error: Option<String>,
+    /// When.
+    #[diesel(skip_update)]
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
 /// Stores a new endpoint.
@@ -145,6 +153,29 @@ pub async fn note_success(
     .await
     .optional()?;
     Ok(was.and_then(|w| w.failing_since))
+}
+
+/// Notes each endpoint's last error (`(endpoint, error)` pairs). An error the same as the
+/// one noted less than 10 s before is not written again, so that an endpoint failing on
+/// every attempt does not have its row rewritten by every batch.
+pub async fn note_errors(conn: &mut AsyncPgConnection, errors: &[(Uuid, &str)]) -> QueryResult<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let (ids, texts): (Vec<Uuid>, Vec<&str>) = errors.iter().copied().unzip();
+    prepared(
+        diesel::sql_query(
+            "UPDATE endpoints e SET last_error = u.error, last_error_at = now() \
+               FROM unnest($1::uuid[], $2::text[]) AS u(id, error) \
+              WHERE e.id = u.id AND (e.last_error IS DISTINCT FROM u.error \
+                    OR e.last_error_at IS NULL OR e.last_error_at < now() - interval '10 seconds')",
+        )
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(ids)
+        .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(texts),
+    )
+    .execute(conn)
+    .await
+    .map(drop)
 }
 
 /// Notes a failure; disables the endpoint if it has had no success for `disable_after`.

@@ -5,7 +5,9 @@
 //! minutes (the last hour or two) and hours, so the windows are whole buckets: "the last
 //! hour" is the current minute and the 59 before it, "the last day" starts at the top of
 //! the hour 24 hours ago (24 to 25 hours). The backlog reads only unfinished deliveries
-//! (partial indexes), so nothing here grows with history.
+//! (partial indexes), and each endpoint's health is on its row (its last error included,
+//! migration 000017), so nothing here grows with history. Each is read once, by endpoint:
+//! the handler sums the totals.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -16,9 +18,12 @@ use uuid::Uuid;
 use super::delivery::DeliveryStatus;
 use crate::db::prepared::prepared;
 
-/// Deliveries of one status created in the last hour and the last day.
+/// Deliveries of one endpoint and status created in the last hour and the last day.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct StatusCount {
+    /// Endpoint.
+    #[diesel(sql_type = SqlUuid)]
+    pub endpoint_id: Uuid,
     /// Status.
     #[diesel(sql_type = Text)]
     pub status: DeliveryStatus,
@@ -33,17 +38,18 @@ pub struct StatusCount {
 /// Where the day's window starts: the top of the hour 24 hours ago.
 const DAY_WINDOW: &str = "date_trunc('hour', now() - interval '1 day')";
 
-/// Deliveries by status over the last hour and day.
+/// Deliveries by endpoint and status over the last hour and day: one read of the day's
+/// counter rows for both the totals and each endpoint's health.
 pub async fn status_counts(conn: &mut AsyncPgConnection) -> QueryResult<Vec<StatusCount>> {
     // Prepared: planned once per connection (with a day partition per day kept,
     // planning it on every call cost more than running it).
     prepared(diesel::sql_query(format!(
-        "SELECT status, \
+        "SELECT endpoint_id, status, \
                 coalesce(sum(n) FILTER (WHERE span = 1 AND \
                     bucket >= date_trunc('minute', now()) - interval '59 minutes'), 0)::int8 \
                   AS last_hour, \
                 coalesce(sum(n), 0)::int8 AS last_day \
-           FROM delivery_counts WHERE bucket >= {DAY_WINDOW} GROUP BY status"
+           FROM delivery_counts WHERE bucket >= {DAY_WINDOW} GROUP BY endpoint_id, status"
     )))
     .load(conn)
     .await
@@ -83,9 +89,12 @@ pub async fn fold(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
     .await
 }
 
-/// The queue right now.
+/// One endpoint's queue right now.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct Backlog {
+    /// Endpoint.
+    #[diesel(sql_type = SqlUuid)]
+    pub endpoint_id: Uuid,
     /// Pending deliveries due now.
     #[diesel(sql_type = BigInt)]
     pub due: i64,
@@ -100,20 +109,43 @@ pub struct Backlog {
     pub oldest_due_at: Option<DateTime<Utc>>,
 }
 
-/// The backlog.
-pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<Backlog> {
+/// The backlog by endpoint (endpoints with none are left out). It reads only unfinished
+/// deliveries (partial indexes).
+pub async fn backlog(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Backlog>> {
     prepared(diesel::sql_query(
-        "SELECT count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= now()) AS due, \
+        "SELECT endpoint_id, \
+                count(*) FILTER (WHERE status = 'pending' AND next_attempt_at <= now()) AS due, \
                 count(*) FILTER (WHERE status = 'pending') AS pending, \
                 count(*) FILTER (WHERE status = 'delivering') AS delivering, \
                 min(next_attempt_at) FILTER (WHERE status = 'pending' AND next_attempt_at <= now()) AS oldest_due_at \
-           FROM deliveries WHERE status IN ('pending', 'delivering')",
+           FROM deliveries WHERE status IN ('pending', 'delivering') GROUP BY endpoint_id",
     ))
-    .get_result(conn)
+    .load(conn)
     .await
 }
 
-/// One endpoint's health.
+/// The backlog summed over endpoints.
+pub fn total_backlog(by_endpoint: &[Backlog]) -> Backlog {
+    let mut total = Backlog {
+        endpoint_id: Uuid::nil(),
+        due: 0,
+        pending: 0,
+        delivering: 0,
+        oldest_due_at: None,
+    };
+    for b in by_endpoint {
+        total.due += b.due;
+        total.pending += b.pending;
+        total.delivering += b.delivering;
+        total.oldest_due_at = match (total.oldest_due_at, b.oldest_due_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    total
+}
+
+/// What an endpoint's row says about its health.
 #[derive(Debug, Clone, QueryableByName)]
 pub struct EndpointHealth {
     /// Id.
@@ -134,52 +166,22 @@ pub struct EndpointHealth {
     /// Last success.
     #[diesel(sql_type = Nullable<Timestamptz>)]
     pub last_success_at: Option<DateTime<Utc>>,
-    /// Deliveries created in the last 24 h that succeeded.
-    #[diesel(sql_type = BigInt)]
-    pub succeeded_24h: i64,
-    /// Deliveries created in the last 24 h that failed for good.
-    #[diesel(sql_type = BigInt)]
-    pub failed_24h: i64,
-    /// Unfinished deliveries.
-    #[diesel(sql_type = BigInt)]
-    pub backlog: i64,
-    /// The last error recorded for it.
+    /// The last error an attempt met.
     #[diesel(sql_type = Nullable<Text>)]
     pub last_error: Option<String>,
+    /// When.
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub last_error_at: Option<DateTime<Utc>>,
 }
 
-/// How far back the last error is looked for, in days of events: a week covers the retry
-/// schedule (about three days) and `HERALD_DISABLE_AFTER` (five), and bounds the look to
-/// as many day partitions whatever the retention (each probed day costs every endpoint an
-/// index probe).
-const ERROR_DAYS: i32 = 7;
-
-/// Every endpoint's health: the day's outcomes from `delivery_counts`, the backlog from the
-/// unfinished deliveries, the last error from the small index of deliveries with one
-/// (deliveries of the last [`ERROR_DAYS`] days' events).
+/// Every endpoint's health as its row keeps it (the recorder writes failures, successes
+/// and the last error there); the counts come from [`status_counts`] and [`backlog`].
 pub async fn endpoint_health(conn: &mut AsyncPgConnection) -> QueryResult<Vec<EndpointHealth>> {
-    // Prepared: planned once per connection (with a day partition per day kept,
-    // planning it on every call cost more than running it).
-    prepared(diesel::sql_query(format!(
-        "SELECT e.id, e.url, e.enabled, e.disabled_reason, e.failing_since, e.last_success_at, \
-                coalesce(c.succeeded, 0)::int8 AS succeeded_24h, \
-                coalesce(c.failed, 0)::int8 AS failed_24h, \
-                coalesce(b.backlog, 0)::int8 AS backlog, \
-                (SELECT x.last_error FROM deliveries x \
-                  WHERE x.endpoint_id = e.id AND x.last_error IS NOT NULL \
-                    AND x.event_id >= herald_day_id((now() AT TIME ZONE 'UTC')::date - {ERROR_DAYS}) \
-                  ORDER BY x.updated_at DESC LIMIT 1) AS last_error \
-           FROM endpoints e \
-           LEFT JOIN (SELECT endpoint_id, \
-                             sum(n) FILTER (WHERE status = 'succeeded') AS succeeded, \
-                             sum(n) FILTER (WHERE status = 'failed') AS failed \
-                        FROM delivery_counts WHERE bucket >= {DAY_WINDOW} \
-                       GROUP BY endpoint_id) c ON c.endpoint_id = e.id \
-           LEFT JOIN (SELECT endpoint_id, count(*) AS backlog FROM deliveries \
-                       WHERE status IN ('pending', 'delivering') \
-                       GROUP BY endpoint_id) b ON b.endpoint_id = e.id \
-          ORDER BY e.id"
-    )))
+    prepared(diesel::sql_query(
+        "SELECT id, url, enabled, disabled_reason, failing_since, last_success_at, \
+                last_error, last_error_at \
+           FROM endpoints ORDER BY id",
+    ))
     .load(conn)
     .await
 }
