@@ -3,7 +3,7 @@
 //! `/metrics`. Each call is first made `--warmup` times (as many as Herald has pooled
 //! connections, so each has the call's statements prepared and planned, as on a Herald
 //! that has been serving), then `--repeat` times in a row; p50, p99 and max are reported
-//! per call. Run it against a database filled by `herald
+//! per call (the console's time filters are relative to when it starts). Run it against a database filled by `herald
 //! bench fill` to see what history costs (and against an empty one to compare).
 
 use std::time::{Duration, Instant};
@@ -100,10 +100,48 @@ pub async fn run(options: ViewsOptions) -> anyhow::Result<()> {
         Call::get("/v1/deliveries?stream=never-seen"),
     ];
     if let Some(id) = &endpoint {
+        calls.push(Call::get(&format!("/v1/endpoints/{id}")));
         calls.push(Call::get(&format!("/v1/deliveries?endpoint_id={id}")));
         calls.push(Call::get(&format!(
             "/v1/deliveries?endpoint_id={id}&status=failed"
         )));
+    }
+    // The console's time filters: the last hour, and an hour and a day deep in history.
+    let at = |ago: chrono::Duration| {
+        (chrono::Utc::now() - ago).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    };
+    let (hour, day) = (chrono::Duration::hours(1), chrono::Duration::days(1));
+    calls.push(Call::get(&format!("/v1/deliveries?since={}", at(hour))));
+    calls.push(Call::get(&format!(
+        "/v1/deliveries?since={}&until={}",
+        at(day * 15),
+        at(day * 15 - hour)
+    )));
+    calls.push(Call::get(&format!(
+        "/v1/deliveries?status=failed&since={}&until={}",
+        at(day * 15),
+        at(day * 14)
+    )));
+    // A failed delivery's page (the delivery with its attempts, its event), and the
+    // failed list's second page.
+    let failed: Value = client
+        .get(format!("{base}/v1/deliveries?status=failed"))
+        .bearer_auth(&options.key)
+        .send()
+        .await?
+        .json()
+        .await
+        .context("list failed deliveries")?;
+    if let Some(delivery) = failed["deliveries"].get(0) {
+        let id = delivery["id"].as_str().unwrap_or_default();
+        let event = delivery["event_id"].as_str().unwrap_or_default();
+        calls.push(Call::get(&format!("/v1/deliveries/{id}")));
+        calls.push(Call::get(&format!("/v1/events/{event}")));
+    }
+    if let Some(cursor) = failed["next_cursor"].as_str() {
+        let mut call = Call::get(&format!("/v1/deliveries?status=failed&cursor={cursor}"));
+        call.name = "GET /v1/deliveries?status=failed, second page".into();
+        calls.push(call);
     }
     calls.push(Call {
         name: "POST /v1/deliveries/replay (dry run, status failed)".into(),

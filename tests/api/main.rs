@@ -24,6 +24,7 @@ mod keys;
 mod logs;
 mod longpoll;
 mod openapi;
+mod plans;
 mod receiver;
 mod retention;
 mod rollups;
