@@ -73,14 +73,15 @@ async fn once(
 pub async fn run(options: ViewsOptions) -> anyhow::Result<()> {
     let client = super::client(4)?;
     let base = super::ready(&client, &options.url).await?;
-    let endpoints: Value = client
-        .get(format!("{base}/v1/endpoints?limit=1"))
-        .bearer_auth(&options.key)
-        .send()
-        .await?
-        .json()
-        .await
-        .context("list endpoints")?;
+    let get = async |path: &str| -> anyhow::Result<Value> {
+        let response = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(&options.key)
+            .send()
+            .await?;
+        response.json().await.with_context(|| format!("GET {path}"))
+    };
+    let endpoints = get("/v1/endpoints?limit=1").await?;
     let endpoint = endpoints["endpoints"][0]["id"].as_str().map(str::to_owned);
     let mut calls = vec![
         Call::get("/v1/overview"),
@@ -124,14 +125,7 @@ pub async fn run(options: ViewsOptions) -> anyhow::Result<()> {
     )));
     // A failed delivery's page (the delivery with its attempts, its event), and the
     // failed list's second page.
-    let failed: Value = client
-        .get(format!("{base}/v1/deliveries?status=failed"))
-        .bearer_auth(&options.key)
-        .send()
-        .await?
-        .json()
-        .await
-        .context("list failed deliveries")?;
+    let failed = get("/v1/deliveries?status=failed").await?;
     if let Some(delivery) = failed["deliveries"].get(0) {
         let id = delivery["id"].as_str().unwrap_or_default();
         let event = delivery["event_id"].as_str().unwrap_or_default();
