@@ -76,15 +76,16 @@ export async function render(root, { navigate, query: params }) {
         replace(bulkArea, h("p", { class: "notice", role: "status", text: "No deliveries match this filter (deliveries being attempted right now are not counted)." }));
         return;
       }
-      const n = preview.would_replay;
-      const some = n < preview.matched;
+      const n = preview.matched.toLocaleString("en");
+      const described = `(${describe(filter, urlOf)})`;
       const ok = await confirmDialog(
-        some
-          ? `Replay ${n.toLocaleString("en")} of ${preview.matched.toLocaleString("en")} deliveries?`
-          : `Replay ${n.toLocaleString("en")} ${n === 1 ? "delivery" : "deliveries"}?`,
-        `Every delivery matching the current filter (${describe(filter, urlOf)}) will be sent again now, as a replay by your key.` +
-          (some ? ` One replay takes at most ${n.toLocaleString("en")}: replay again for the rest.` : ""),
-        `Replay ${n.toLocaleString("en")}`,
+        preview.more
+          ? `Replay more than ${n} deliveries?`
+          : `Replay ${n} ${preview.matched === 1 ? "delivery" : "deliveries"}?`,
+        preview.more
+          ? `More than ${n} deliveries match the current filter ${described}. They will be sent again now, as a replay by your key; one replay takes at most 100,000: if more match, replay again for the rest.`
+          : `Every delivery matching the current filter ${described} will be sent again now, as a replay by your key.`,
+        preview.more ? "Replay" : `Replay ${n}`,
       );
       if (!ok) return;
       const done = await api("POST", "/v1/deliveries/replay", { filter });

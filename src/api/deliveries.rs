@@ -176,10 +176,11 @@ pub struct BulkReplayed {
 pub struct BulkReplayPreview {
     /// Always 0.
     pub replayed: i64,
-    /// How many deliveries match (not counting those in flight).
+    /// How many deliveries match (not counting those in flight), counted up to
+    /// [`PREVIEW_COUNT_LIMIT`].
     pub matched: i64,
-    /// How many of them the replay would make due: all, up to [`MAX_BULK_REPLAY`].
-    pub would_replay: i64,
+    /// More than `matched` match: the count stopped at [`PREVIEW_COUNT_LIMIT`].
+    pub more: bool,
 }
 
 /// Which deliveries: the list's query parameters, and a bulk replay's `filter`. Every
@@ -461,6 +462,10 @@ async fn replay_delivery(
 /// The most deliveries one bulk replay touches.
 pub const MAX_BULK_REPLAY: i64 = 100_000;
 
+/// Where a bulk replay's dry run stops counting: the console shows "more than 10,000"
+/// beyond it, and the count costs the same whatever the size of the matching set.
+pub const PREVIEW_COUNT_LIMIT: i64 = 10_000;
+
 /// A bulk replay.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -504,11 +509,11 @@ async fn replay_deliveries(
     let filter = parse_filter(&filter)?;
     let mut conn = state.pool.get().await?;
     if dry_run {
-        let matched = replay::count_replayable(&mut conn, &filter).await?;
+        let counted = replay::count_replayable(&mut conn, &filter, PREVIEW_COUNT_LIMIT).await?;
         return Ok(HttpResponse::Ok().json(BulkReplayPreview {
             replayed: 0,
-            matched,
-            would_replay: matched.min(MAX_BULK_REPLAY),
+            matched: counted.min(PREVIEW_COUNT_LIMIT),
+            more: counted > PREVIEW_COUNT_LIMIT,
         }));
     }
     let replay = Replay::new("filter", recorded, principal.key_id);

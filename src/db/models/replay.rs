@@ -137,16 +137,21 @@ pub async fn find_replay(
     Ok(Some((replay, counts)))
 }
 
-/// How many deliveries match, not counting those in flight (a bulk replay's preview).
+/// How many deliveries match, not counting those in flight, up to `limit + 1` (a bulk
+/// replay's preview): the count stops there, so its cost is bounded by `limit` whatever
+/// the size of the matching set.
 pub async fn count_replayable(
     conn: &mut AsyncPgConnection,
     filter: &DeliveryFilter,
+    limit: i64,
 ) -> QueryResult<i64> {
-    filtered(filter)
+    let found: Vec<i32> = filtered(filter)
         .filter(deliveries::status.ne(DeliveryStatus::Delivering))
-        .count()
-        .get_result(conn)
-        .await
+        .select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
+        .limit(limit + 1)
+        .load(conn)
+        .await?;
+    Ok(i64::try_from(found.len()).unwrap_or(i64::MAX))
 }
 
 /// Re-delivers to `endpoint_id` every event created in `[since, until)` that it has not
