@@ -298,10 +298,9 @@ pub async fn claim(
 }
 
 /// [`claim`]'s statement. Run on a connection set up with [`CLAIM_SESSION`]. The chosen
-/// deliveries and their events are looked up as arrays (`= ANY(ARRAY(...))`), an index
-/// condition on every partition: a join condition alone was one only where PostgreSQL
-/// chose to probe, and in a partition empty when the plan was cached it walked the
-/// whole index instead.
+/// deliveries and their events are looked up by `id = ANY(ARRAY(...))`, an index
+/// condition in every partition: as joins, a partition empty when the plan was made was
+/// planned as a whole index scan filtered row by row (or hashed whole).
 pub const CLAIM: &str = "WITH due AS ( \
            SELECT c.id, c.endpoint_id, c.next_attempt_at AS due_at, e.max_in_flight \
              FROM deliveries c JOIN endpoints e ON e.id = c.endpoint_id \
@@ -349,11 +348,10 @@ pub const CLAIM: &str = "WITH due AS ( \
 /// scans. An index scan marks the entries of rows that earlier claims moved on as dead as
 /// it passes them, so the queue's partial indexes do not fill with dead entries that every
 /// claim would re-read until the next vacuum (measured: 6-30 ms per claim after 40,000
-/// deliveries, 0.1 ms with index scans). And no sequential scans: the claim's generic plan
-/// is cached per connection, and one made while a day partition was empty or small read
-/// it whole for every delivery claimed (a nested loop over a sequential scan) until the
-/// next analyze made PostgreSQL plan again; every table it reads has an index for what it
-/// looks for.
+/// deliveries, 0.1 ms with index scans). And no sequential scans: its generic plan is
+/// cached per connection, and one made while a day partition was empty or small read it
+/// whole for every delivery claimed until an analyze made PostgreSQL plan again
+/// (`tests/api/plans.rs` checks the plan).
 pub const CLAIM_SESSION: &str = "SET enable_bitmapscan = off; SET enable_seqscan = off";
 
 /// The session the recorder's own connection runs: commits do not wait for their WAL
@@ -373,11 +371,14 @@ pub const CLAIM_SESSION: &str = "SET enable_bitmapscan = off; SET enable_seqscan
 /// also took the form of a merge or hash join over a whole index of each partition
 /// (measured on a day partition analyzed at 500 rows that grew to 65,000 before the next
 /// analyze: 40 ms per batch, PostgreSQL at 0.8 core for 200 deliveries a second), so
-/// merge and hash joins are off too: the batch is joined to the table by a nested loop of
-/// index probes, each in its event's partition only, whatever the statistics say.
+/// merge and hash joins and materialized inner sides are off too: the batch is joined to
+/// the table by a nested loop of index probes, each in its event's partition only,
+/// whatever the statistics say. (Repeating the batch's ids as `id = ANY(...)` bounded
+/// the scans too, but PostgreSQL then joined them by comparing every pair: 40,000
+/// comparisons for a batch of 200, 6-12 ms, and every partition searched for every id.)
 pub const RECORD_SESSION: &str = "SET synchronous_commit = off; \
      SET plan_cache_mode = force_generic_plan; SET enable_seqscan = off; \
-     SET enable_mergejoin = off; SET enable_hashjoin = off";
+     SET enable_mergejoin = off; SET enable_hashjoin = off; SET enable_material = off";
 
 /// Where an attempt leaves its delivery.
 #[derive(Debug, Clone)]
@@ -407,9 +408,8 @@ pub struct OutcomeOf<'a> {
 }
 
 /// [`record_many`]'s statement: the attempts inserted, the outcomes written where the
-/// claim still holds. Run on a connection set up with [`RECORD_SESSION`]. The `= ANY`
-/// conditions repeat the join's: they are index conditions on either index a plan may
-/// pick, so that whatever the join, no partition is read beyond the batch's rows.
+/// claim still holds. Run on a connection set up with [`RECORD_SESSION`], which makes
+/// its plan a nested loop probing each row's own partition by index.
 pub const RECORD_MANY: &str = "WITH a AS ( \
                INSERT INTO attempts (id, delivery_id, started_at, duration_ms, trigger, triggered_by, \
                                      request_headers, response_status, response_headers, \
@@ -423,8 +423,7 @@ pub const RECORD_MANY: &str = "WITH a AS ( \
                     updated_at = now() \
                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[], \
                            $6::text[], $19::uuid[]) AS u(id, token, status, next_at, code, err, event_id) \
-              WHERE d.id = ANY($1::uuid[]) AND d.event_id = ANY($19::uuid[]) \
-                AND d.event_id = u.event_id AND d.id = u.id AND d.claim_token = u.token \
+              WHERE d.event_id = u.event_id AND d.id = u.id AND d.claim_token = u.token \
              RETURNING d.id";
 
 /// Records many attempts and their outcomes in one statement: outcomes only where the
@@ -511,7 +510,7 @@ pub async fn release(conn: &mut AsyncPgConnection, claims: &[(Uuid, Uuid)]) -> Q
                     lease_until = NULL, claim_token = NULL, attempts = d.attempts - 1, \
                     updated_at = now() \
                FROM unnest($1::uuid[], $2::uuid[]) AS r(id, token) \
-              WHERE d.id = ANY($1::uuid[]) AND d.id = r.id AND d.claim_token = r.token",
+              WHERE d.id = r.id AND d.claim_token = r.token",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<SqlUuid>, _>(&tokens),
