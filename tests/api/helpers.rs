@@ -287,6 +287,11 @@ impl TestApp {
             .expect("request")
     }
 
+    /// `GET path` as admin, its body as JSON.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.expect("a JSON body")
+    }
+
     /// Publishes one event as admin and returns the stored event.
     pub async fn publish(&self, stream: &str, event_type: &str, payload: Value) -> Value {
         let response = self

@@ -291,7 +291,7 @@ async fn a_410_disables_the_endpoint_and_later_events_are_kept_as_failed() {
     receiver.wait_for(1, Duration::from_secs(5)).await;
     let first = only_delivery(&app).await;
     wait_for_status(&app, first["id"].as_str().unwrap(), "failed").await;
-    let disabled: Value = app.get(&path).await.json().await.unwrap();
+    let disabled = app.get_json(&path).await;
     assert_eq!(disabled["enabled"], false);
     assert!(
         disabled["disabled_reason"]
@@ -825,14 +825,11 @@ async fn disabling_exhaustion_and_recovery_are_published_on_herald_ops() {
     let delivery = only_delivery(&app).await;
     wait_for_status(&app, delivery["id"].as_str().unwrap(), "failed").await;
     let failing: Value = app
-        .get(&format!(
+        .get_json(&format!(
             "/v1/endpoints/{}",
             endpoint["id"].as_str().unwrap()
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert!(failing["failing_since"].is_string());
 
     // A success after failures is a recovery.
@@ -852,14 +849,11 @@ async fn disabling_exhaustion_and_recovery_are_published_on_herald_ops() {
     assert_eq!(ops[1]["type"], "endpoint.recovered");
     assert_eq!(ops[1]["payload"]["endpoint_id"], endpoint["id"]);
     let healthy: Value = app
-        .get(&format!(
+        .get_json(&format!(
             "/v1/endpoints/{}",
             endpoint["id"].as_str().unwrap()
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert!(healthy["failing_since"].is_null());
     assert!(healthy["last_success_at"].is_string());
 }
@@ -948,7 +942,7 @@ async fn the_overview_counts_deliveries_backlog_and_endpoint_health() {
     bad.wait_for(1, Duration::from_secs(5)).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     let overview = loop {
-        let overview: Value = app.get("/v1/overview").await.json().await.unwrap();
+        let overview = app.get_json("/v1/overview").await;
         if overview["deliveries"]["last_hour"]["failed"] == 1
             && overview["deliveries"]["last_hour"]["succeeded"] == 3
         {
@@ -994,7 +988,7 @@ async fn an_endpoint_keeps_its_last_error_and_when() {
     let until = async |what: &str, shown: fn(&Value) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let endpoint: Value = app.get(&path).await.json().await.unwrap();
+            let endpoint = app.get_json(&path).await;
             if shown(&endpoint) {
                 return endpoint;
             }
@@ -1018,7 +1012,7 @@ async fn an_endpoint_keeps_its_last_error_and_when() {
     assert_eq!(recovered["last_error"], failing["last_error"]);
     assert_eq!(recovered["last_error_at"], failing["last_error_at"]);
     assert!(time(&recovered["last_success_at"]) >= time(&failing["last_error_at"]));
-    let overview: Value = app.get("/v1/overview").await.json().await.unwrap();
+    let overview = app.get_json("/v1/overview").await;
     let health = &overview["endpoints"][0];
     assert_eq!(health["last_error"], failing["last_error"]);
     assert_eq!(health["last_error_at"], failing["last_error_at"]);
@@ -1060,14 +1054,11 @@ async fn the_migration_finds_each_endpoints_last_error_in_its_deliveries() {
     .unwrap();
     app.run_migrations().await;
     let shown: Value = app
-        .get(&format!(
+        .get_json(&format!(
             "/v1/endpoints/{}",
             endpoint["id"].as_str().unwrap()
         ))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(shown["last_error"], "timeout", "{shown}");
     let at: DateTime<Utc> = shown["last_error_at"].as_str().unwrap().parse().unwrap();
     let age = Utc::now() - at;
@@ -1076,11 +1067,8 @@ async fn the_migration_finds_each_endpoints_last_error_in_its_deliveries() {
         "{age}"
     );
     let quiet: Value = app
-        .get(&format!("/v1/endpoints/{}", quiet["id"].as_str().unwrap()))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/endpoints/{}", quiet["id"].as_str().unwrap()))
+        .await;
     assert!(quiet["last_error"].is_null() && quiet["last_error_at"].is_null());
 }
 
