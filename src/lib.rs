@@ -29,6 +29,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod partitions;
 pub mod periodic;
+pub mod replay_search;
 pub mod retention;
 pub mod rollup;
 pub mod startup;

@@ -111,6 +111,11 @@ impl Application {
                 background_stop.clone(),
             )),
             tokio::spawn(crate::rollup::run(pool.clone(), background_stop.clone())),
+            tokio::spawn(crate::replay_search::run(
+                pool.clone(),
+                notifier.clone(),
+                background_stop.clone(),
+            )),
             tokio::spawn(crate::partitions::run(
                 pool.clone(),
                 background_stop.clone(),

@@ -72,21 +72,34 @@ export async function render(root, { navigate, query: params }) {
     bulkButton.disabled = true;
     try {
       const preview = await api("POST", "/v1/deliveries/replay", { filter, dry_run: true });
-      if (preview.matched === 0) {
+      const described = `(${describe(filter, urlOf)})`;
+      const n = preview.matched.toLocaleString("en");
+      let ok;
+      if (preview.searched_to) {
+        // A filter no index answers: counted among the newest deliveries only; the replay
+        // searches the rest of the history in the background.
+        const back = new Date(preview.searched_to).toLocaleString();
+        ok = await confirmDialog(
+          preview.matched === 0
+            ? "Search older deliveries and replay every match?"
+            : `Replay ${n} ${preview.matched === 1 ? "delivery" : "deliveries"} and every older match?`,
+          `${preview.matched === 0 ? "None" : n} of the deliveries created since ${back} ${preview.matched === 1 ? "matches" : "match"} the current filter ${described}; older ones have not been searched yet. The replay sends the matches again now, as a replay by your key, and goes on searching older deliveries in the background (at most 100,000 in all).`,
+          "Replay",
+        );
+      } else if (preview.matched === 0) {
         replace(bulkArea, h("p", { class: "notice", role: "status", text: "No deliveries match this filter (deliveries being attempted right now are not counted)." }));
         return;
+      } else {
+        ok = await confirmDialog(
+          preview.more
+            ? `Replay more than ${n} deliveries?`
+            : `Replay ${n} ${preview.matched === 1 ? "delivery" : "deliveries"}?`,
+          preview.more
+            ? `More than ${n} deliveries match the current filter ${described}. They will be sent again now, as a replay by your key; one replay takes at most 100,000: if more match, replay again for the rest.`
+            : `Every delivery matching the current filter ${described} will be sent again now, as a replay by your key.`,
+          preview.more ? "Replay" : `Replay ${n}`,
+        );
       }
-      const n = preview.matched.toLocaleString("en");
-      const described = `(${describe(filter, urlOf)})`;
-      const ok = await confirmDialog(
-        preview.more
-          ? `Replay more than ${n} deliveries?`
-          : `Replay ${n} ${preview.matched === 1 ? "delivery" : "deliveries"}?`,
-        preview.more
-          ? `More than ${n} deliveries match the current filter ${described}. They will be sent again now, as a replay by your key; one replay takes at most 100,000: if more match, replay again for the rest.`
-          : `Every delivery matching the current filter ${described} will be sent again now, as a replay by your key.`,
-        preview.more ? "Replay" : `Replay ${n}`,
-      );
       if (!ok) return;
       const done = await api("POST", "/v1/deliveries/replay", { filter });
       if (progress) progress.dispose();

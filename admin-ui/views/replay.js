@@ -38,9 +38,12 @@ export function replayProgress(replayId) {
     const attempted = replay.succeeded + replay.failed;
     bar.max = Math.max(replay.total, 1);
     bar.value = replay.done ? bar.max : attempted;
+    const searching = replay.searching
+      ? ` Still searching older deliveries (back to ${new Date(replay.searched_to).toLocaleString()} so far).`
+      : "";
     text.textContent = replay.done
       ? `Done: ${replay.total} replayed, ${replay.succeeded} succeeded, ${replay.failed} failed.`
-      : `${attempted} of ${replay.total} attempted: ${replay.succeeded} succeeded, ${replay.failed} failed, ${replay.pending + replay.delivering} to go.`;
+      : `${attempted} of ${replay.total} attempted: ${replay.succeeded} succeeded, ${replay.failed} failed, ${replay.pending + replay.delivering} to go.${searching}`;
     if (replay.done) {
       stop();
       panel.dataset.done = "true";

@@ -169,6 +169,11 @@ pub struct BulkReplayed {
     pub replayed: usize,
     /// Follow it at `GET /v1/replays/{replay_id}`.
     pub replay_id: Uuid,
+    /// Herald is still searching older deliveries for matches, in the background (a
+    /// filter no index answers: event type, stream or status code without a failed,
+    /// pending or replay id condition); `replayed` is what it found so far, and the
+    /// replay's `total` grows until its `searching` is false.
+    pub searching: bool,
 }
 
 /// `200` to a bulk replay's dry run.
@@ -179,8 +184,14 @@ pub struct BulkReplayPreview {
     /// How many deliveries match (not counting those in flight), counted up to
     /// [`PREVIEW_COUNT_LIMIT`].
     pub matched: i64,
-    /// More than `matched` match: the count stopped at [`PREVIEW_COUNT_LIMIT`].
+    /// More than `matched` may match: the count stopped at [`PREVIEW_COUNT_LIMIT`], or
+    /// older deliveries than `searched_to` were not searched.
     pub more: bool,
+    /// A filter no index answers is counted among the newest 10,000 deliveries that
+    /// match the rest of it: this is the creation time of the oldest of those, when older
+    /// deliveries were left unsearched (the replay itself searches them all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub searched_to: Option<DateTime<Utc>>,
 }
 
 /// Which deliveries: the list's query parameters, and a bulk replay's `filter`. Every
@@ -509,22 +520,34 @@ async fn replay_deliveries(
     let filter = parse_filter(&filter)?;
     let mut conn = state.pool.get().await?;
     if dry_run {
-        let counted = replay::count_replayable(&mut conn, &filter, PREVIEW_COUNT_LIMIT).await?;
+        let (counted, searched_to) =
+            replay::count_replayable(&mut conn, &filter, PREVIEW_COUNT_LIMIT).await?;
         return Ok(HttpResponse::Ok().json(BulkReplayPreview {
             replayed: 0,
             matched: counted.min(PREVIEW_COUNT_LIMIT),
-            more: counted > PREVIEW_COUNT_LIMIT,
+            more: counted > PREVIEW_COUNT_LIMIT || searched_to.is_some(),
+            searched_to,
         }));
     }
     let replay = Replay::new("filter", recorded, principal.key_id);
     let replay_id = replay.id;
-    let replayed = replay::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
+    let (replayed, searching) = if filter.needs_search() {
+        // The first step here, so the answer counts what the newest deliveries held; the
+        // rest in the background (`crate::replay_search`).
+        replay::start_search(&mut conn, &filter, replay).await?;
+        let step = replay::search_step(&mut conn, Some(replay_id), MAX_BULK_REPLAY).await?;
+        step.map_or((0, true), |step| (step.replayed, step.searching))
+    } else {
+        let replayed = replay::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
+        (replayed, false)
+    };
     if replayed > 0 {
         state.notifier.deliveries_due();
     }
     Ok(HttpResponse::Accepted().json(BulkReplayed {
         replayed,
         replay_id,
+        searching,
     }))
 }
 

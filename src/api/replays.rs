@@ -32,7 +32,13 @@ struct ReplayDto {
     delivering: i64,
     succeeded: i64,
     failed: i64,
-    /// Whether none of its deliveries is waiting or in flight.
+    /// Herald is still searching older deliveries for matches (a filter no index
+    /// answers): `total` grows until this is false.
+    searching: bool,
+    /// While searching: the creation time of the oldest delivery searched so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    searched_to: Option<DateTime<Utc>>,
+    /// Whether the search is over and none of its deliveries is waiting or in flight.
     done: bool,
 }
 
@@ -75,6 +81,8 @@ async fn get_replay(
         delivering,
         succeeded: count(DeliveryStatus::Succeeded),
         failed: count(DeliveryStatus::Failed),
-        done: pending == 0 && delivering == 0,
+        searching: replay.searching,
+        searched_to: replay.searched_to_at.filter(|_| replay.searching),
+        done: !replay.searching && pending == 0 && delivering == 0,
     }))
 }

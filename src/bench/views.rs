@@ -142,6 +142,17 @@ pub async fn run(options: ViewsOptions) -> anyhow::Result<()> {
         post: Some(json!({"filter": {"status": "failed"}, "dry_run": true})),
         path: "/v1/deliveries/replay".into(),
     });
+    // A filter no index answers: the preview counts among the newest candidates only.
+    calls.push(Call {
+        name: "POST /v1/deliveries/replay (dry run, event_type never.seen)".into(),
+        post: Some(json!({"filter": {"event_type": "never.seen"}, "dry_run": true})),
+        path: "/v1/deliveries/replay".into(),
+    });
+    calls.push(Call {
+        name: "POST /v1/deliveries/replay (dry run, status_code 503)".into(),
+        post: Some(json!({"filter": {"status_code": 503}, "dry_run": true})),
+        path: "/v1/deliveries/replay".into(),
+    });
     println!(
         "{:<70} {:>9} {:>9} {:>9}",
         "call", "p50 ms", "p99 ms", "max ms"

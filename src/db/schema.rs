@@ -136,6 +136,10 @@ diesel::table! {
         requested_by -> Uuid,
         total -> Int8,
         created_at -> Timestamptz,
+        searching -> Bool,
+        search_filter -> Nullable<Jsonb>,
+        searched_to_at -> Nullable<Timestamptz>,
+        searched_to_id -> Nullable<Uuid>,
     }
 }
 

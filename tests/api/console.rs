@@ -377,6 +377,74 @@ async fn an_operator_finds_a_failed_delivery_sees_why_and_replays_it() {
     browser.close().await;
 }
 
+/// A bulk replay by an event type alone: the console says the count covers the newest
+/// deliveries only, and the replay's progress follows the background search to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_replays_a_rare_event_type_across_the_whole_history() {
+    let app = console_app().await;
+    let receiver = Receiver::start().await;
+    let response = app
+        .post("/v1/endpoints", &json!({"url": receiver.url}))
+        .await;
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set_enabled = async |enabled: bool| {
+        let patched = app
+            .request(
+                reqwest::Method::PATCH,
+                &format!("/v1/endpoints/{id}"),
+                ADMIN_KEY,
+            )
+            .json(&json!({"enabled": enabled}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(patched.status(), 200);
+    };
+    app.publish("s", "rare.one", json!("old")).await;
+    receiver.wait_for(1, Duration::from_secs(5)).await;
+    // More deliveries than one search step, kept as failed while the endpoint is off.
+    set_enabled(false).await;
+    let step = herald::db::models::replay::SEARCH_STEP as usize;
+    for chunk in 0..step.div_ceil(1000) + 1 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"stream": "s", "type": "common", "payload": chunk * 1000 + i}))
+            .collect();
+        app.publish_batch(&events).await;
+    }
+    set_enabled(true).await;
+    app.publish("s", "rare.one", json!("new")).await;
+    receiver.wait_for(2, Duration::from_secs(5)).await;
+
+    let browser = Browser::start(&app.address).await;
+    sign_in(&browser).await;
+    browser.goto("/admin/deliveries?event_type=rare.one").await;
+    browser
+        .wait_until(
+            "the newest match",
+            "document.querySelectorAll('#deliveries-table tbody tr').length >= 1 \
+             && !document.getElementById('bulk-replay').disabled",
+        )
+        .await;
+    browser.click("#bulk-replay").await;
+    let dialog = browser.text("dialog.confirm").await;
+    assert!(
+        dialog.contains("Replay 1 delivery and every older match?"),
+        "{dialog}"
+    );
+    assert!(
+        dialog.contains("older ones have not been searched yet"),
+        "{dialog}"
+    );
+    confirm_and_wait_for_replay(&browser, "Done: 2 replayed, 2 succeeded").await;
+    assert_eq!(receiver_count(&receiver, "rare.one").await, 4);
+    assert_eq!(receiver_count(&receiver, "common").await, 0);
+    browser.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_manages_an_endpoint() {
     let app = console_app().await;

@@ -203,7 +203,7 @@ async fn the_migration_keeps_history_in_legacy_partitions_that_retention_drops_w
     for i in 1..=3 {
         app.publish("s", "t", json!(i)).await;
     }
-    app.revert_migrations(&["20261203000017", "20261203000016"])
+    app.revert_migrations(&["20261203000018", "20261203000017", "20261203000016"])
         .await;
     let db = app.db().await;
     let kind = |table: &'static str| {

@@ -300,8 +300,9 @@ async fn the_migration_counts_the_deliveries_already_there() {
 
     // Back to the schema before the counters (000012), and so before the error index
     // (000013), time-ordered delivery ids (000014), WebSocket tickets (000015), day
-    // partitions (000016) and endpoints' last errors (000017).
+    // partitions (000016), endpoints' last errors (000017) and searching replays (000018).
     app.revert_migrations(&[
+        "20261203000018",
         "20261203000017",
         "20261203000016",
         "20261203000015",

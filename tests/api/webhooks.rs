@@ -605,6 +605,27 @@ async fn a_bulk_replay_takes_at_most_its_cap_and_its_preview_says_so() {
     assert_eq!(left, json!({"replayed": 0, "matched": 2, "more": false}));
 }
 
+/// Publishes a `rare.one` event in stream `s`, then more `common` ones than one bounded
+/// search looks through (`SCAN_BUDGET`, which is also a replay's `SEARCH_STEP`), then a
+/// second `rare.one`. Returns the second's seq (the first's is 1).
+async fn publish_rare_behind_a_search_step(app: &TestApp) -> i64 {
+    let budget = herald::db::models::delivery::SCAN_BUDGET as usize;
+    assert_eq!(
+        herald::db::models::replay::SEARCH_STEP,
+        herald::db::models::delivery::SCAN_BUDGET
+    );
+    app.publish("s", "rare.one", json!("old")).await;
+    let chunks = budget.div_ceil(1000) + 1;
+    for chunk in 0..chunks {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| json!({"stream": "s", "type": "common", "payload": chunk * 1000 + i}))
+            .collect();
+        app.publish_batch(&events).await;
+    }
+    app.publish("s", "rare.one", json!("new")).await;
+    chunks as i64 * 1000 + 2
+}
+
 /// A filter no index answers (here the event type) looks through at most
 /// `SCAN_BUDGET` candidates per call: a rare match behind more recent deliveries than
 /// that comes on a later page, the pages before it saying how far back they searched.
@@ -613,15 +634,7 @@ async fn a_rare_filter_searches_history_in_bounded_steps_and_finds_every_match()
     let app = api_only_app("1s").await;
     let receiver = Receiver::start().await;
     create_endpoint(&app, json!({"url": receiver.url})).await;
-    let budget = herald::db::models::delivery::SCAN_BUDGET as usize;
-    app.publish("s", "rare.one", json!("old")).await;
-    for chunk in 0..budget.div_ceil(1000) + 1 {
-        let events: Vec<Value> = (0..1000)
-            .map(|i| json!({"stream": "s", "type": "common", "payload": chunk * 1000 + i}))
-            .collect();
-        app.publish_batch(&events).await;
-    }
-    app.publish("s", "rare.one", json!("new")).await;
+    let last = publish_rare_behind_a_search_step(&app).await;
 
     let mut found = Vec::new();
     let mut searched = Vec::new();
@@ -647,7 +660,6 @@ async fn a_rare_filter_searches_history_in_bounded_steps_and_finds_every_match()
         }
         assert!(searched.len() < 10, "the search does not end: {page}");
     }
-    let last = (budget.div_ceil(1000) + 1) as i64 * 1000 + 2;
     assert_eq!(found, vec![last, 1], "both matches, newest first");
     assert!(!searched.is_empty(), "the first page stopped at its budget");
 
@@ -660,6 +672,110 @@ async fn a_rare_filter_searches_history_in_bounded_steps_and_finds_every_match()
         .unwrap();
     assert_eq!(failed["deliveries"].as_array().unwrap().len(), 2);
     assert!(failed["searched_to"].is_null());
+}
+
+/// A bulk replay by a filter no index answers never reads the whole history in one
+/// request: its preview counts among the newest candidates and says how far back, the
+/// request takes the first step, and the background finds every older match.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_replay_by_a_rare_filter_searches_history_in_steps_and_replays_every_match() {
+    let app = api_only_app("1s").await;
+    let receiver = Receiver::start().await;
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    let last = publish_rare_behind_a_search_step(&app).await;
+
+    let preview = app
+        .post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"event_type": "rare.one"}, "dry_run": true}),
+        )
+        .await;
+    assert_eq!(preview.status(), 200);
+    let preview: Value = preview.json().await.unwrap();
+    assert_eq!(preview["matched"], 1, "{preview}");
+    assert_eq!(preview["more"], true, "{preview}");
+    let searched_to = preview["searched_to"].as_str().expect("how far it looked");
+    assert!(chrono::DateTime::parse_from_rfc3339(searched_to).is_ok());
+
+    let replayed = app
+        .post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"event_type": "rare.one"}}),
+        )
+        .await;
+    assert_eq!(replayed.status(), 202);
+    let replayed: Value = replayed.json().await.unwrap();
+    assert_eq!(replayed["replayed"], 1, "the newest match, in the request");
+    assert_eq!(replayed["searching"], true, "{replayed}");
+    let replay_id = replayed["replay_id"].as_str().unwrap().to_owned();
+    // The instance that took the request stops; a second one goes on with the search.
+    let mut settings = crate::helpers::test_settings();
+    fast(&mut settings, "1s");
+    settings.delivery_concurrency = 0;
+    let other =
+        crate::helpers::spawn_app_on(settings, app.db_name.clone(), app.database_url.clone()).await;
+    app.stop.cancel();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let progress = loop {
+        let progress = other.get_json(&format!("/v1/replays/{replay_id}")).await;
+        if progress["searching"] == false {
+            break progress;
+        }
+        assert!(progress["searched_to"].is_string(), "{progress}");
+        assert_eq!(progress["done"], false, "{progress}");
+        assert!(
+            Instant::now() < deadline,
+            "the search does not end: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(progress["total"], 2, "{progress}");
+    assert!(progress["searched_to"].is_null(), "{progress}");
+    assert_eq!(progress["criteria"], json!({"event_type": "rare.one"}));
+    let of_replay = other
+        .get_json(&format!("/v1/deliveries?replay_id={replay_id}&limit=10"))
+        .await;
+    let mut payloads: Vec<i64> = of_replay["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["seq"].as_i64().unwrap())
+        .collect();
+    payloads.sort_unstable();
+    assert_eq!(payloads, vec![1, last], "both matches and nothing else");
+    let due_now: i64 = other
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*) FROM deliveries WHERE replay_requested",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(due_now, 2, "no other delivery was touched");
+
+    // With a small set to start from (pending here), the same filter needs no search.
+    let narrow = other
+        .post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"event_type": "rare.one", "status": "pending"}}),
+        )
+        .await;
+    let narrow: Value = narrow.json().await.unwrap();
+    assert_eq!(narrow["replayed"], 2, "{narrow}");
+    assert_eq!(narrow["searching"], false, "{narrow}");
+    let preview = other
+        .post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"event_type": "rare.one", "status": "pending"}, "dry_run": true}),
+        )
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(preview, json!({"replayed": 0, "matched": 2, "more": false}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1040,7 +1156,8 @@ async fn the_migration_finds_each_endpoints_last_error_in_its_deliveries() {
     }
     receiver.wait_for(2, Duration::from_secs(5)).await;
     app.wait_until_settled().await;
-    app.revert_migrations(&["20261203000017"]).await;
+    app.revert_migrations(&["20261203000018", "20261203000017"])
+        .await;
     let db = app.db().await;
     // Two deliveries with an error, the later one is the endpoint's last.
     db.batch_execute(

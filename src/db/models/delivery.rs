@@ -25,6 +25,7 @@ use crate::db::schema::deliveries;
     diesel::expression::AsExpression,
     diesel::deserialize::FromSqlRow,
     serde::Serialize,
+    serde::Deserialize,
     utoipa::ToSchema,
 )]
 #[diesel(sql_type = Text)]
@@ -554,8 +555,9 @@ pub async fn find(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<
         .optional()
 }
 
-/// Filters of `GET /v1/deliveries`.
-#[derive(Debug, Clone, Default)]
+/// Filters of `GET /v1/deliveries` (and of a bulk replay, stored as JSON while it
+/// searches).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryFilter {
     /// Status.
     pub status: Option<DeliveryStatus>,
@@ -610,6 +612,13 @@ pub(super) fn filtered(filter: &DeliveryFilter) -> deliveries::BoxedQuery<'stati
 pub const SCAN_BUDGET: i64 = 10_000;
 
 impl DeliveryFilter {
+    /// Whether the filter has a part no index answers (event type, stream, status code)
+    /// and nothing that narrows the rows to a small set first: a search by it walks the
+    /// history newest first, so it goes in bounded steps ([`search_boundary`]).
+    pub fn needs_search(&self) -> bool {
+        self.indexed_part().is_some()
+    }
+
     /// The filter without the parts no index answers (event type, stream, status code),
     /// if it has any and the rest does not already narrow the rows to a small set.
     fn indexed_part(&self) -> Option<Self> {
@@ -642,6 +651,55 @@ fn older_than(
     )
 }
 
+/// Where a search by `filter` below `cursor` stops if the filter needs bounding (see
+/// [`DeliveryFilter::needs_search`]): at its `budget`-th candidate, newest first (the rows
+/// matching the rest of the filter). `None` when the filter needs no bound or fewer
+/// candidates are left: the search then goes to the end.
+pub(super) async fn search_boundary(
+    conn: &mut AsyncPgConnection,
+    filter: &DeliveryFilter,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    budget: i64,
+) -> QueryResult<Option<(DateTime<Utc>, Uuid)>> {
+    let Some(candidates) = filter.indexed_part() else {
+        return Ok(None);
+    };
+    let mut query = filtered(&candidates);
+    if let Some(cursor) = cursor {
+        query = older_than(query, cursor);
+    }
+    query
+        .order((deliveries::created_at.desc(), deliveries::id.desc()))
+        .offset(budget - 1)
+        .limit(1)
+        .select((deliveries::created_at, deliveries::id))
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// `query` below the keyset `cursor` (if any) and down to `boundary` (if any), which
+/// [`search_boundary`] gave.
+pub(super) fn between(
+    mut query: deliveries::BoxedQuery<'static, diesel::pg::Pg>,
+    cursor: Option<(DateTime<Utc>, Uuid)>,
+    boundary: Option<(DateTime<Utc>, Uuid)>,
+) -> deliveries::BoxedQuery<'static, diesel::pg::Pg> {
+    if let Some(cursor) = cursor {
+        query = older_than(query, cursor);
+    }
+    if let Some((at, id)) = boundary {
+        // `created_at >= at` stops the walk at the boundary (an index condition); the `OR`
+        // alone is a row filter, and a rare match would walk on to the first day.
+        query = query.filter(deliveries::created_at.ge(at)).filter(
+            deliveries::created_at
+                .gt(at)
+                .or(deliveries::created_at.eq(at).and(deliveries::id.ge(id))),
+        );
+    }
+    query
+}
+
 /// A page of [`list`].
 #[derive(Debug)]
 pub struct ListPage {
@@ -665,37 +723,8 @@ pub async fn list(
     cursor: Option<(DateTime<Utc>, Uuid)>,
     limit: i64,
 ) -> QueryResult<ListPage> {
-    let boundary: Option<(DateTime<Utc>, Uuid)> = match filter.indexed_part() {
-        None => None,
-        Some(candidates) => {
-            let mut query = filtered(&candidates);
-            if let Some(cursor) = cursor {
-                query = older_than(query, cursor);
-            }
-            query
-                .order((deliveries::created_at.desc(), deliveries::id.desc()))
-                .offset(SCAN_BUDGET - 1)
-                .limit(1)
-                .select((deliveries::created_at, deliveries::id))
-                .first(conn)
-                .await
-                .optional()?
-        }
-    };
-    let mut query = filtered(filter);
-    if let Some(cursor) = cursor {
-        query = older_than(query, cursor);
-    }
-    if let Some((at, id)) = boundary {
-        // `created_at >= at` stops the walk at the boundary (an index condition); the `OR`
-        // alone is a row filter, and a rare match would walk on to the first day.
-        query = query.filter(deliveries::created_at.ge(at)).filter(
-            deliveries::created_at
-                .gt(at)
-                .or(deliveries::created_at.eq(at).and(deliveries::id.ge(id))),
-        );
-    }
-    let deliveries: Vec<Delivery> = query
+    let boundary = search_boundary(conn, filter, cursor, SCAN_BUDGET).await?;
+    let deliveries: Vec<Delivery> = between(filtered(filter), cursor, boundary)
         .order((deliveries::created_at.desc(), deliveries::id.desc()))
         .limit(limit)
         .select(Delivery::as_select())

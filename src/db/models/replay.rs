@@ -7,7 +7,10 @@ use diesel::sql_types::{Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
-use super::delivery::{DeliveryFilter, DeliveryStatus, endpoint_matches_event, filtered, find};
+use super::delivery::{
+    DeliveryFilter, DeliveryStatus, between, endpoint_matches_event, filtered, find,
+    search_boundary,
+};
 use crate::db::schema::{deliveries, replays};
 
 /// Makes a delivery due now, as a replay asked for by `by`. Returns whether it was found
@@ -67,6 +70,14 @@ pub struct Replay {
     pub total: i64,
     /// When.
     pub created_at: DateTime<Utc>,
+    /// Older deliveries are still to be searched (see [`search_step`]).
+    pub searching: bool,
+    /// The filter as parsed, while it searches.
+    pub search_filter: Option<serde_json::Value>,
+    /// The oldest delivery searched so far: creation time.
+    pub searched_to_at: Option<DateTime<Utc>>,
+    /// ... and id.
+    pub searched_to_id: Option<Uuid>,
 }
 
 impl Replay {
@@ -80,6 +91,10 @@ impl Replay {
             requested_by,
             total: 0,
             created_at: Utc::now(),
+            searching: false,
+            search_filter: None,
+            searched_to_at: None,
+            searched_to_id: None,
         }
     }
 }
@@ -114,6 +129,109 @@ pub async fn replay_matching(
     .await
 }
 
+/// Candidates (deliveries matching the indexed part of the filter) one step of a
+/// searching bulk replay looks through.
+pub const SEARCH_STEP: i64 = super::delivery::SCAN_BUDGET;
+
+/// Stores the bulk replay `replay` of `filter` (one that [`DeliveryFilter::needs_search`])
+/// as searching: [`search_step`] then goes through the history in bounded steps.
+pub async fn start_search(
+    conn: &mut AsyncPgConnection,
+    filter: &DeliveryFilter,
+    mut replay: Replay,
+) -> QueryResult<()> {
+    replay.searching = true;
+    replay.search_filter = Some(
+        serde_json::to_value(filter)
+            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?,
+    );
+    diesel::insert_into(replays::table)
+        .values(&replay)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What one [`search_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SearchStep {
+    /// The replay.
+    pub replay_id: Uuid,
+    /// Deliveries it made due.
+    pub replayed: usize,
+    /// Older deliveries are left for the next step.
+    pub searching: bool,
+}
+
+/// One step of a searching bulk replay: `id`'s, or the oldest searching one's that no
+/// other instance is stepping. Looks through the next [`SEARCH_STEP`] candidates below
+/// where the last step stopped, makes the matches that are not in flight due (up to
+/// `max` for the whole replay), and commits them with where it stopped, so a crash
+/// between steps loses nothing and repeats nothing. `None` when there was no such replay.
+pub async fn search_step(
+    conn: &mut AsyncPgConnection,
+    id: Option<Uuid>,
+    max: i64,
+) -> QueryResult<Option<SearchStep>> {
+    conn.transaction(async |conn| {
+        let oldest = replays::table
+            .filter(replays::searching)
+            .order(replays::created_at)
+            .select(Replay::as_select())
+            .limit(1);
+        let found = match id {
+            Some(id) => {
+                oldest
+                    .filter(replays::id.eq(id))
+                    .for_update()
+                    .skip_locked()
+                    .first(conn)
+                    .await
+            }
+            None => oldest.for_update().skip_locked().first(conn).await,
+        };
+        let Some(replay) = found.optional()? else {
+            return Ok(None);
+        };
+        let filter: DeliveryFilter = replay
+            .search_filter
+            .clone()
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?
+            .unwrap_or_default();
+        let cursor = replay.searched_to_at.zip(replay.searched_to_id);
+        let boundary = search_boundary(conn, &filter, cursor, SEARCH_STEP).await?;
+        let ids: Vec<Uuid> = between(filtered(&filter), cursor, boundary)
+            .filter(deliveries::status.ne(DeliveryStatus::Delivering))
+            .select(deliveries::id)
+            .limit((max - replay.total).max(0))
+            .load(conn)
+            .await?;
+        let mut replayed = 0;
+        for chunk in ids.chunks(5000) {
+            replayed += replay_ids(conn, chunk, replay.requested_by, Some(replay.id)).await?;
+        }
+        let total = replay.total + i64::try_from(replayed).unwrap_or(i64::MAX);
+        let searching = boundary.is_some() && total < max;
+        diesel::update(replays::table.find(replay.id))
+            .set((
+                replays::total.eq(total),
+                replays::searching.eq(searching),
+                replays::searched_to_at.eq(boundary.map(|(at, _)| at)),
+                replays::searched_to_id.eq(boundary.map(|(_, id)| id)),
+            ))
+            .execute(conn)
+            .await?;
+        Ok(Some(SearchStep {
+            replay_id: replay.id,
+            replayed,
+            searching,
+        }))
+    })
+    .await
+}
+
 /// The bulk replay `id` and how many of its deliveries are in each status now.
 pub async fn find_replay(
     conn: &mut AsyncPgConnection,
@@ -139,19 +257,25 @@ pub async fn find_replay(
 
 /// How many deliveries match, not counting those in flight, up to `limit + 1` (a bulk
 /// replay's preview): the count stops there, so its cost is bounded by `limit` whatever
-/// the size of the matching set.
+/// the size of the matching set. A filter that [`DeliveryFilter::needs_search`] is counted
+/// among the newest [`SEARCH_STEP`] candidates only: the second value is then how far
+/// back that went, when older deliveries were left unsearched.
 pub async fn count_replayable(
     conn: &mut AsyncPgConnection,
     filter: &DeliveryFilter,
     limit: i64,
-) -> QueryResult<i64> {
-    let found: Vec<i32> = filtered(filter)
+) -> QueryResult<(i64, Option<DateTime<Utc>>)> {
+    let boundary = search_boundary(conn, filter, None, SEARCH_STEP).await?;
+    let found: Vec<i32> = between(filtered(filter), None, boundary)
         .filter(deliveries::status.ne(DeliveryStatus::Delivering))
         .select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
         .limit(limit + 1)
         .load(conn)
         .await?;
-    Ok(i64::try_from(found.len()).unwrap_or(i64::MAX))
+    Ok((
+        i64::try_from(found.len()).unwrap_or(i64::MAX),
+        boundary.map(|(at, _)| at),
+    ))
 }
 
 /// Re-delivers to `endpoint_id` every event created in `[since, until)` that it has not
