@@ -128,3 +128,81 @@ pub(super) fn rooms(
         })
         .collect()
 }
+
+/// What a claim that asked for `rooms` (per endpoint the worker knew; others by their
+/// `max_in_flight`, as the claim query does) says of each endpoint it could have taken
+/// from: `true` when it took exactly the endpoint's room, so more of its deliveries are
+/// probably due; `false` when it took fewer. Endpoints asked with no room are left out:
+/// the claim says nothing of them.
+pub(super) fn claim_verdicts(
+    batch: &[Claimed],
+    endpoints: &[Uuid],
+    rooms: &[i32],
+) -> Vec<(Uuid, bool)> {
+    let mut claimed: HashMap<Uuid, (usize, i32)> = HashMap::new();
+    for c in batch {
+        claimed
+            .entry(c.endpoint_id)
+            .or_insert((0, c.max_in_flight))
+            .0 += 1;
+    }
+    let mut verdicts: Vec<(Uuid, bool)> = endpoints
+        .iter()
+        .zip(rooms)
+        .filter(|(_, room)| **room > 0)
+        .map(|(id, room)| {
+            let count = claimed.get(id).map_or(0, |(count, _)| *count);
+            (*id, i32::try_from(count).is_ok_and(|count| count >= *room))
+        })
+        .collect();
+    verdicts.extend(
+        claimed
+            .into_iter()
+            .filter(|(id, _)| !endpoints.contains(id))
+            .map(|(id, (count, max_in_flight))| {
+                (
+                    id,
+                    i32::try_from(count).is_ok_and(|count| count >= max_in_flight),
+                )
+            }),
+    );
+    verdicts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(endpoint_id: Uuid, max_in_flight: i32) -> Claimed {
+        let mut c = Claimed::example();
+        c.endpoint_id = endpoint_id;
+        c.max_in_flight = max_in_flight;
+        c
+    }
+
+    fn sorted(mut v: Vec<(Uuid, bool)>) -> Vec<(Uuid, bool)> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_claim_says_which_endpoints_it_cut_short() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        // An endpoint the worker did not know yet: its room was its max_in_flight.
+        let ten: Vec<Claimed> = (0..10).map(|_| claimed(a, 10)).collect();
+        assert_eq!(claim_verdicts(&ten, &[], &[]), vec![(a, true)]);
+        assert_eq!(claim_verdicts(&ten[..9], &[], &[]), vec![(a, false)]);
+        // A known endpoint's room is the one the claim was given.
+        assert_eq!(claim_verdicts(&ten[..4], &[a], &[4]), vec![(a, true)]);
+        assert_eq!(claim_verdicts(&ten[..4], &[a], &[5]), vec![(a, false)]);
+        assert_eq!(claim_verdicts(&[], &[a], &[5]), vec![(a, false)]);
+        // Asked with no room: nothing is known of it.
+        assert_eq!(claim_verdicts(&[], &[a], &[0]), vec![]);
+        let mut mixed = ten[..3].to_vec();
+        mixed.push(claimed(b, 1));
+        assert_eq!(
+            sorted(claim_verdicts(&mixed, &[a], &[8])),
+            sorted(vec![(a, false), (b, true)])
+        );
+    }
+}

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use super::limits::{EndpointState, rooms};
+use super::limits::{EndpointState, claim_verdicts, rooms};
 use super::queue::{LocalQueue, Ready};
 use super::recorder::Message;
 use super::sender::Sender;
@@ -112,6 +112,8 @@ pub struct Worker {
     recorder_rx: Mutex<Option<mpsc::UnboundedReceiver<Message>>>,
     /// The last claim returned all it asked for: there is probably more.
     more_due: AtomicBool,
+    /// Endpoints whose last claim took all the room they had.
+    cut_short: Mutex<std::collections::HashSet<Uuid>>,
     /// Something held waits only for a rate-limit token.
     rate_waiting: AtomicBool,
     /// The earliest retry this worker scheduled, so that short retry delays do not wait
@@ -185,6 +187,7 @@ impl Worker {
             records,
             recorder_rx: Mutex::new(Some(rx)),
             more_due: AtomicBool::new(false),
+            cut_short: Mutex::new(std::collections::HashSet::new()),
             rate_waiting: AtomicBool::new(false),
             soonest_retry: Mutex::new(None),
         })
@@ -393,7 +396,9 @@ impl Worker {
                 }
             };
             let full = batch.len() == limit;
-            self.more_due.store(full, Ordering::Release);
+            let more = self.note_claimed(&batch, &ids, &rooms) || full;
+            tracing::debug!(limit, claimed = batch.len(), more, "claimed deliveries");
+            self.more_due.store(more, Ordering::Release);
             let lease_until = claimed_at + self.lease;
             self.queue
                 .lock()
@@ -407,6 +412,26 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// Keeps, per endpoint, whether its last claim took all the room it had (see
+    /// [`claim_verdicts`]); returns whether any endpoint's did: more is probably due, and
+    /// the worker claims again when attempts end rather than at the next poll. (An
+    /// endpoint's first claim takes only its `max_in_flight`, and the next, made while
+    /// those are in flight, has no room: without this the rest waited for the poll.)
+    fn note_claimed(&self, batch: &[Claimed], ids: &[Uuid], rooms: &[i32]) -> bool {
+        let mut cut = self
+            .cut_short
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (id, was_cut) in claim_verdicts(batch, ids, rooms) {
+            if was_cut {
+                cut.insert(id);
+            } else {
+                cut.remove(&id);
+            }
+        }
+        !cut.is_empty()
     }
 
     /// Per endpoint the worker knows, how many more it may claim; and how many it holds

@@ -1329,6 +1329,35 @@ async fn the_changes_feed_announces_new_and_attempted_deliveries() {
     assert_problem(refused, 403, "forbidden").await;
 }
 
+/// A fresh instance's first claim of a backlog takes only the endpoint's `max_in_flight`,
+/// and its next, made while those are in flight, finds no room: it claims again as soon
+/// as they end, not at the next poll (a second's stall in every drain before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_drains_a_backlog_without_waiting_for_the_poll() {
+    let api = api_only_app("").await;
+    let receiver = Receiver::start().await;
+    receiver.set_default(Reply::status(200).after(Duration::from_millis(50)));
+    create_endpoint(&api, json!({"url": receiver.url, "max_in_flight": 4})).await;
+    let events: Vec<Value> = (0..40)
+        .map(|i| json!({"stream": format!("s{i}"), "type": "t", "payload": i}))
+        .collect();
+    api.publish_batch(&events).await;
+
+    let mut settings = crate::helpers::test_settings();
+    fast(&mut settings, "");
+    let _worker =
+        crate::helpers::spawn_app_on(settings, api.db_name.clone(), api.database_url.clone()).await;
+    let got = receiver.wait_for(40, Duration::from_secs(10)).await;
+    let first = got.iter().map(|r| r.at).min().unwrap();
+    let last = got.iter().map(|r| r.at).max().unwrap();
+    // 40 at 4 in flight and 50 ms each take 0.5 s; one wait for the poll adds a second.
+    assert!(
+        last - first < Duration::from_millis(1200),
+        "the backlog took {:?}",
+        last - first
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_changes_feed_hears_about_attempts_recorded_by_another_instance() {
     // A sends; B has no webhook worker, so everything B's feed reports comes from A.
