@@ -17,20 +17,34 @@ use crate::streams::notify::Notifier;
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Takes steps until no searching replay is left (or `cancel`). Returns how many steps.
+///
+/// After each step it rests as long as the step took, so a search of the whole history
+/// (about 2,300 steps at 20 million deliveries) keeps at most half of one database core
+/// and leaves the rest to ingest and delivery.
 pub async fn search_all(
     pool: &DbPool,
     notifier: &Notifier,
     cancel: &CancellationToken,
 ) -> anyhow::Result<usize> {
     let mut steps = 0;
-    let mut conn = pool.get().await?;
     while !cancel.is_cancelled() {
-        let Some(step) = replay::search_step(&mut conn, None, MAX_BULK_REPLAY).await? else {
+        let started = tokio::time::Instant::now();
+        let step = {
+            let mut conn = pool.get().await?;
+            replay::search_step(&mut conn, None, MAX_BULK_REPLAY).await?
+        };
+        let Some(step) = step else {
             break;
         };
         steps += 1;
         if step.replayed > 0 {
             notifier.deliveries_due();
+        }
+        if step.searching {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(started.elapsed()) => {}
+            }
         }
     }
     Ok(steps)
