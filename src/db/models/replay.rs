@@ -333,3 +333,31 @@ pub async fn recover(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A searching replay's filter is stored as JSON and read back by every later step,
+    /// on any instance: every condition must survive the trip.
+    #[test]
+    fn a_stored_search_filter_reads_back_the_same() {
+        let filter = DeliveryFilter {
+            status: Some(DeliveryStatus::Succeeded),
+            endpoint_id: Some(Uuid::now_v7()),
+            event_type: Some("invoice.failed".into()),
+            stream: Some("payment:42".into()),
+            status_code: Some(503),
+            since: Some("2026-11-01T00:00:00.123456Z".parse().unwrap()),
+            until: Some("2026-12-01T00:00:00Z".parse().unwrap()),
+            replay_id: Some(Uuid::now_v7()),
+        };
+        let stored = serde_json::to_value(&filter).unwrap();
+        let read: DeliveryFilter = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, filter);
+        let empty: DeliveryFilter =
+            serde_json::from_value(serde_json::to_value(DeliveryFilter::default()).unwrap())
+                .unwrap();
+        assert_eq!(empty, DeliveryFilter::default());
+    }
+}
