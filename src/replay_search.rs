@@ -31,7 +31,7 @@ pub async fn search_all(
         let started = tokio::time::Instant::now();
         let step = {
             let mut conn = pool.get().await?;
-            replay::search_step(&mut conn, None, MAX_BULK_REPLAY).await?
+            replay::search_step(&mut conn, MAX_BULK_REPLAY).await?
         };
         let Some(step) = step else {
             break;

@@ -38,9 +38,11 @@ export function replayProgress(replayId) {
     const attempted = replay.succeeded + replay.failed;
     bar.max = Math.max(replay.total, 1);
     bar.value = replay.done ? bar.max : attempted;
-    const searching = replay.searching
-      ? ` Still searching older deliveries (back to ${new Date(replay.searched_to).toLocaleString()} so far).`
-      : "";
+    const searching = !replay.searching
+      ? ""
+      : replay.searched_to
+        ? ` Still searching older deliveries (back to ${new Date(replay.searched_to).toLocaleString()} so far).`
+        : " Still searching older deliveries.";
     text.textContent = replay.done
       ? `Done: ${replay.total} replayed, ${replay.succeeded} succeeded, ${replay.failed} failed.`
       : `${attempted} of ${replay.total} attempted: ${replay.succeeded} succeeded, ${replay.failed} failed, ${replay.pending + replay.delivering} to go.${searching}`;

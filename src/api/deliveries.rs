@@ -534,9 +534,8 @@ async fn replay_deliveries(
     let (replayed, searching) = if filter.needs_search() {
         // The first step here, so the answer counts what the newest deliveries held; the
         // rest in the background (`crate::replay_search`).
-        replay::start_search(&mut conn, &filter, replay).await?;
-        let step = replay::search_step(&mut conn, Some(replay_id), MAX_BULK_REPLAY).await?;
-        step.map_or((0, true), |step| (step.replayed, step.searching))
+        let step = replay::start_search(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
+        (step.replayed, step.searching)
     } else {
         let replayed = replay::replay_matching(&mut conn, &filter, replay, MAX_BULK_REPLAY).await?;
         (replayed, false)

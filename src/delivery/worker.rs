@@ -222,7 +222,7 @@ impl Worker {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = self.wake.notified() => claim = true,
-                () = self.nudge.notified() => claim = self.more_due.load(Ordering::Acquire),
+                () = self.nudge.notified() => claim = self.more_due(),
                 () = tokio::time::sleep(pause) => claim = true,
             }
         }
@@ -396,9 +396,15 @@ impl Worker {
                 }
             };
             let full = batch.len() == limit;
-            let more = self.note_claimed(&batch, &ids, &rooms) || full;
-            tracing::debug!(limit, claimed = batch.len(), more, "claimed deliveries");
-            self.more_due.store(more, Ordering::Release);
+            let cut = self.note_claimed(&batch, &ids, &rooms);
+            tracing::debug!(
+                limit,
+                claimed = batch.len(),
+                full,
+                cut,
+                "claimed deliveries"
+            );
+            self.more_due.store(full, Ordering::Release);
             let lease_until = claimed_at + self.lease;
             self.queue
                 .lock()
@@ -414,11 +420,36 @@ impl Worker {
         }
     }
 
+    /// Whether a claim now would probably find something: the last one returned all it
+    /// asked for, or an endpoint whose last claim took all the room it had has room again.
+    /// (An endpoint's first claim takes only its `max_in_flight`, and the next, made while
+    /// those are in flight, has no room: without this the rest waited for the poll. An
+    /// endpoint that stays without room, such as a slow one with a backlog, does not make
+    /// every other endpoint's finished attempt claim again.)
+    fn more_due(&self) -> bool {
+        if self.more_due.load(Ordering::Acquire) {
+            return true;
+        }
+        let cut: Vec<Uuid> = self
+            .cut_short
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
+        if cut.is_empty() {
+            return false;
+        }
+        let (ids, rooms, _) = self.claim_rooms();
+        cut.iter().any(|id| {
+            ids.iter()
+                .position(|known| known == id)
+                .is_none_or(|i| rooms[i] > 0)
+        })
+    }
+
     /// Keeps, per endpoint, whether its last claim took all the room it had (see
-    /// [`claim_verdicts`]); returns whether any endpoint's did: more is probably due, and
-    /// the worker claims again when attempts end rather than at the next poll. (An
-    /// endpoint's first claim takes only its `max_in_flight`, and the next, made while
-    /// those are in flight, has no room: without this the rest waited for the poll.)
+    /// [`claim_verdicts`] and [`Self::more_due`]); returns whether any endpoint's did.
     fn note_claimed(&self, batch: &[Claimed], ids: &[Uuid], rooms: &[i32]) -> bool {
         let mut cut = self
             .cut_short

@@ -603,6 +603,28 @@ async fn a_bulk_replay_takes_at_most_its_cap_and_its_preview_says_so() {
         .await
         .unwrap();
     assert_eq!(left, json!({"replayed": 0, "matched": 2, "more": false}));
+
+    // A replay that searches (a filter no index answers) stops at the cap as well.
+    let searched = app
+        .post(
+            "/v1/deliveries/replay",
+            &json!({"filter": {"event_type": "t"}}),
+        )
+        .await;
+    assert_eq!(searched.status(), 202);
+    let searched: Value = searched.json().await.unwrap();
+    assert_eq!(searched["searching"], true, "{searched}");
+    let id = searched["replay_id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let progress = app.get_json(&format!("/v1/replays/{id}")).await;
+        if progress["searching"] == false {
+            break progress;
+        }
+        assert!(Instant::now() < deadline, "{progress}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(progress["total"], cap, "{progress}");
 }
 
 /// Publishes a `rare.one` event in stream `s`, then more `common` ones than one bounded

@@ -134,25 +134,32 @@ pub async fn replay_matching(
 pub const SEARCH_STEP: i64 = super::delivery::SCAN_BUDGET;
 
 /// Stores the bulk replay `replay` of `filter` (one that [`DeliveryFilter::needs_search`])
-/// as searching: [`search_step`] then goes through the history in bounded steps.
+/// and takes its first step, in one transaction: if the step fails nothing is stored, so
+/// a client that retries never starts the same replay twice. If older deliveries are
+/// left, it is stored searching, and [`search_step`] goes on with it.
 pub async fn start_search(
     conn: &mut AsyncPgConnection,
     filter: &DeliveryFilter,
     mut replay: Replay,
-) -> QueryResult<()> {
+    max: i64,
+) -> QueryResult<SearchStep> {
     replay.searching = true;
     replay.search_filter = Some(
         serde_json::to_value(filter)
             .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?,
     );
-    diesel::insert_into(replays::table)
-        .values(&replay)
-        .execute(conn)
-        .await?;
-    Ok(())
+    let filter = filter.clone();
+    conn.transaction(async |conn| {
+        diesel::insert_into(replays::table)
+            .values(&replay)
+            .execute(conn)
+            .await?;
+        step(conn, &replay, &filter, max).await
+    })
+    .await
 }
 
-/// What one [`search_step`] did.
+/// What one step of a searching replay did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SearchStep {
     /// The replay.
@@ -163,73 +170,99 @@ pub struct SearchStep {
     pub searching: bool,
 }
 
-/// One step of a searching bulk replay: `id`'s, or the oldest searching one's that no
-/// other instance is stepping. Looks through the next [`SEARCH_STEP`] candidates below
-/// where the last step stopped, makes the matches that are not in flight due (up to
-/// `max` for the whole replay), and commits them with where it stopped, so a crash
-/// between steps loses nothing and repeats nothing. `None` when there was no such replay.
+/// One step of the oldest searching bulk replay that no other instance is stepping: looks
+/// through the next [`SEARCH_STEP`] candidates below where the last step stopped, makes
+/// the matches that are not in flight due (up to `max` for the whole replay), and commits
+/// them with where it stopped, so a crash between steps loses nothing and repeats
+/// nothing. `None` when there was no such replay.
 pub async fn search_step(
     conn: &mut AsyncPgConnection,
-    id: Option<Uuid>,
     max: i64,
 ) -> QueryResult<Option<SearchStep>> {
     conn.transaction(async |conn| {
-        let oldest = replays::table
+        let found = replays::table
             .filter(replays::searching)
             .order(replays::created_at)
             .select(Replay::as_select())
-            .limit(1);
-        let found = match id {
-            Some(id) => {
-                oldest
-                    .filter(replays::id.eq(id))
-                    .for_update()
-                    .skip_locked()
-                    .first(conn)
-                    .await
-            }
-            None => oldest.for_update().skip_locked().first(conn).await,
-        };
-        let Some(replay) = found.optional()? else {
+            .limit(1)
+            .for_update()
+            .skip_locked()
+            .first(conn)
+            .await
+            .optional()?;
+        let Some(replay) = found else {
             return Ok(None);
         };
-        let filter: DeliveryFilter = replay
+        let filter = replay
             .search_filter
             .clone()
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| diesel::result::Error::DeserializationError(Box::new(e)))?
-            .unwrap_or_default();
-        let cursor = replay.searched_to_at.zip(replay.searched_to_id);
-        let boundary = search_boundary(conn, &filter, cursor, SEARCH_STEP).await?;
-        let ids: Vec<Uuid> = between(filtered(&filter), cursor, boundary)
-            .filter(deliveries::status.ne(DeliveryStatus::Delivering))
-            .select(deliveries::id)
-            .limit((max - replay.total).max(0))
-            .load(conn)
-            .await?;
-        let mut replayed = 0;
-        for chunk in ids.chunks(5000) {
-            replayed += replay_ids(conn, chunk, replay.requested_by, Some(replay.id)).await?;
-        }
-        let total = replay.total + i64::try_from(replayed).unwrap_or(i64::MAX);
-        let searching = boundary.is_some() && total < max;
-        diesel::update(replays::table.find(replay.id))
-            .set((
-                replays::total.eq(total),
-                replays::searching.eq(searching),
-                replays::searched_to_at.eq(boundary.map(|(at, _)| at)),
-                replays::searched_to_id.eq(boundary.map(|(_, id)| id)),
-            ))
-            .execute(conn)
-            .await?;
-        Ok(Some(SearchStep {
-            replay_id: replay.id,
-            replayed,
-            searching,
-        }))
+            .map(serde_json::from_value::<DeliveryFilter>);
+        let Some(Ok(filter)) = filter else {
+            // Nothing can go on with it (not written by this version): end its search
+            // rather than let it hold up every replay after it.
+            tracing::error!(replay_id = %replay.id, "a searching replay's filter is unreadable: its search ends");
+            stop_searching(conn, replay.id).await?;
+            return Ok(Some(SearchStep {
+                replay_id: replay.id,
+                replayed: 0,
+                searching: false,
+            }));
+        };
+        step(conn, &replay, &filter, max).await.map(Some)
     })
     .await
+}
+
+async fn stop_searching(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
+    diesel::update(replays::table.find(id))
+        .set((
+            replays::searching.eq(false),
+            replays::searched_to_at.eq(None::<DateTime<Utc>>),
+            replays::searched_to_id.eq(None::<Uuid>),
+        ))
+        .execute(conn)
+        .await
+}
+
+/// The step itself, in the caller's transaction (which holds `replay`'s row).
+async fn step(
+    conn: &mut AsyncPgConnection,
+    replay: &Replay,
+    filter: &DeliveryFilter,
+    max: i64,
+) -> QueryResult<SearchStep> {
+    let cursor = replay.searched_to_at.zip(replay.searched_to_id);
+    let boundary = search_boundary(conn, filter, cursor, SEARCH_STEP).await?;
+    let room = (max - replay.total).max(0);
+    let ids: Vec<Uuid> = between(filtered(filter), cursor, boundary)
+        .filter(deliveries::status.ne(DeliveryStatus::Delivering))
+        .select(deliveries::id)
+        .limit(room)
+        .load(conn)
+        .await?;
+    let mut replayed = 0;
+    for chunk in ids.chunks(5000) {
+        replayed += replay_ids(conn, chunk, replay.requested_by, Some(replay.id)).await?;
+    }
+    let total = replay.total + i64::try_from(replayed).unwrap_or(i64::MAX);
+    // At the cap (`ids` cut by it, whether or not all were still replayable) the search
+    // ends here: going on below the boundary would skip the matches left above it.
+    let capped = i64::try_from(ids.len()).unwrap_or(i64::MAX) >= room;
+    let searching = boundary.is_some() && !capped;
+    diesel::update(replays::table.find(replay.id))
+        .set((
+            replays::total.eq(total),
+            replays::searching.eq(searching),
+            replays::searched_to_at.eq(boundary.filter(|_| searching).map(|(at, _)| at)),
+            replays::searched_to_id.eq(boundary.filter(|_| searching).map(|(_, id)| id)),
+        ))
+        .execute(conn)
+        .await?;
+    Ok(SearchStep {
+        replay_id: replay.id,
+        replayed,
+        searching,
+    })
 }
 
 /// The bulk replay `id` and how many of its deliveries are in each status now.
