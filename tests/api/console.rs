@@ -439,6 +439,7 @@ async fn an_operator_replays_a_rare_event_type_across_the_whole_history() {
         dialog.contains("older ones have not been searched yet"),
         "{dialog}"
     );
+    browser.screenshot("bulk-replay-search-confirm").await;
     confirm_and_wait_for_replay(&browser, "Done: 2 replayed, 2 succeeded").await;
     assert_eq!(receiver_count(&receiver, "rare.one").await, 4);
     assert_eq!(receiver_count(&receiver, "common").await, 0);
