@@ -9,7 +9,7 @@ use herald::domain::retry::RetrySchedule;
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
-use crate::helpers::{ADMIN_KEY, TestApp, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, TestApp, create_endpoint, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
 
 /// Failed requests the console is expected to make: checking for a session while signed
@@ -383,11 +383,7 @@ async fn an_operator_finds_a_failed_delivery_sees_why_and_replays_it() {
 async fn an_operator_replays_a_rare_event_type_across_the_whole_history() {
     let app = console_app().await;
     let receiver = Receiver::start().await;
-    let response = app
-        .post("/v1/endpoints", &json!({"url": receiver.url}))
-        .await;
-    assert_eq!(response.status(), 201);
-    let id = response.json::<Value>().await.unwrap()["id"]
+    let id = create_endpoint(&app, json!({"url": receiver.url})).await["id"]
         .as_str()
         .unwrap()
         .to_owned();

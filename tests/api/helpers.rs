@@ -292,6 +292,13 @@ impl TestApp {
         self.get(path).await.json().await.expect("a JSON body")
     }
 
+    /// `POST body` to `path` as admin; checks the status and returns the body as JSON.
+    pub async fn post_expecting(&self, path: &str, body: &Value, status: u16) -> Value {
+        let response = self.post(path, body).await;
+        assert_eq!(response.status(), status, "POST {path}");
+        response.json().await.expect("a JSON body")
+    }
+
     /// Publishes one event as admin and returns the stored event.
     pub async fn publish(&self, stream: &str, event_type: &str, payload: Value) -> Value {
         let response = self
@@ -514,4 +521,11 @@ fn replace_database_keeps_host_and_query() {
         "postgres://u:p@h:5432/t2"
     );
     assert_eq!(replace_database("postgres://h", "t3"), "postgres://h/t3");
+}
+
+/// Creates a webhook endpoint as admin (`201`) and returns it.
+pub async fn create_endpoint(app: &TestApp, body: Value) -> Value {
+    let response = app.post("/v1/endpoints", &body).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    response.json().await.unwrap()
 }

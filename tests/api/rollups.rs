@@ -10,7 +10,7 @@ use herald::domain::retry::RetrySchedule;
 use herald::metrics::Metrics;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, spawn_app_with};
+use crate::helpers::{TestApp, create_endpoint, spawn_app_with};
 use crate::receiver::{Receiver, Reply};
 
 /// Day counts by status, by endpoint the day's succeeded and failed and its backlog, and
@@ -111,12 +111,6 @@ async fn assert_exact(app: &TestApp, step: &str, settled: impl Fn(&Counts) -> bo
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-async fn create_endpoint(app: &TestApp, body: Value) -> Value {
-    let response = app.post("/v1/endpoints", &body).await;
-    assert_eq!(response.status(), 201);
-    response.json().await.unwrap()
 }
 
 async fn fold(app: &TestApp) -> usize {

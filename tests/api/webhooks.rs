@@ -10,7 +10,7 @@ use herald::domain::retry::RetrySchedule;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, TestApp, assert_problem, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, TestApp, assert_problem, create_endpoint, spawn_app_with};
 use crate::receiver::{Received, Receiver, Reply};
 
 fn fast(settings: &mut Settings, schedule: &str) {
@@ -32,12 +32,6 @@ async fn api_only_app(schedule: &str) -> TestApp {
         s.delivery_concurrency = 0;
     })
     .await
-}
-
-async fn create_endpoint(app: &TestApp, body: Value) -> Value {
-    let response = app.post("/v1/endpoints", &body).await;
-    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
-    response.json().await.unwrap()
 }
 
 /// Polls a delivery until its status is `status` (10 s at most).
@@ -606,13 +600,12 @@ async fn a_bulk_replay_takes_at_most_its_cap_and_its_preview_says_so() {
 
     // A replay that searches (a filter no index answers) stops at the cap as well.
     let searched = app
-        .post(
+        .post_expecting(
             "/v1/deliveries/replay",
             &json!({"filter": {"event_type": "t"}}),
+            202,
         )
         .await;
-    assert_eq!(searched.status(), 202);
-    let searched: Value = searched.json().await.unwrap();
     assert_eq!(searched["searching"], true, "{searched}");
     let id = searched["replay_id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -707,26 +700,24 @@ async fn a_bulk_replay_by_a_rare_filter_searches_history_in_steps_and_replays_ev
     let last = publish_rare_behind_a_search_step(&app).await;
 
     let preview = app
-        .post(
+        .post_expecting(
             "/v1/deliveries/replay",
             &json!({"filter": {"event_type": "rare.one"}, "dry_run": true}),
+            200,
         )
         .await;
-    assert_eq!(preview.status(), 200);
-    let preview: Value = preview.json().await.unwrap();
     assert_eq!(preview["matched"], 1, "{preview}");
     assert_eq!(preview["more"], true, "{preview}");
     let searched_to = preview["searched_to"].as_str().expect("how far it looked");
     assert!(chrono::DateTime::parse_from_rfc3339(searched_to).is_ok());
 
     let replayed = app
-        .post(
+        .post_expecting(
             "/v1/deliveries/replay",
             &json!({"filter": {"event_type": "rare.one"}}),
+            202,
         )
         .await;
-    assert_eq!(replayed.status(), 202);
-    let replayed: Value = replayed.json().await.unwrap();
     assert_eq!(replayed["replayed"], 1, "the newest match, in the request");
     assert_eq!(replayed["searching"], true, "{replayed}");
     let replay_id = replayed["replay_id"].as_str().unwrap().to_owned();

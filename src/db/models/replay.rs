@@ -54,6 +54,28 @@ async fn replay_ids(
     .await
 }
 
+/// Makes up to `limit` of the deliveries `query` finds due now, as part of `replay`,
+/// except those in flight. Returns how many it found and how many it made due (fewer
+/// when some went in flight meanwhile).
+async fn replay_found(
+    conn: &mut AsyncPgConnection,
+    query: deliveries::BoxedQuery<'static, diesel::pg::Pg>,
+    limit: i64,
+    replay: &Replay,
+) -> QueryResult<(usize, usize)> {
+    let ids: Vec<Uuid> = query
+        .filter(deliveries::status.ne(DeliveryStatus::Delivering))
+        .select(deliveries::id)
+        .limit(limit)
+        .load(conn)
+        .await?;
+    let mut replayed = 0;
+    for chunk in ids.chunks(5000) {
+        replayed += replay_ids(conn, chunk, replay.requested_by, Some(replay.id)).await?;
+    }
+    Ok((ids.len(), replayed))
+}
+
 /// A bulk replay or recover as stored.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = replays, check_for_backend(diesel::pg::Pg))]
@@ -109,16 +131,7 @@ pub async fn replay_matching(
 ) -> QueryResult<usize> {
     let filter = filter.clone();
     conn.transaction(async |conn| {
-        let ids: Vec<Uuid> = filtered(&filter)
-            .filter(deliveries::status.ne(DeliveryStatus::Delivering))
-            .select(deliveries::id)
-            .limit(max)
-            .load(conn)
-            .await?;
-        let mut replayed = 0;
-        for chunk in ids.chunks(5000) {
-            replayed += replay_ids(conn, chunk, replay.requested_by, Some(replay.id)).await?;
-        }
+        let (_, replayed) = replay_found(conn, filtered(&filter), max, &replay).await?;
         replay.total = i64::try_from(replayed).unwrap_or(i64::MAX);
         diesel::insert_into(replays::table)
             .values(&replay)
@@ -234,20 +247,17 @@ async fn step(
     let cursor = replay.searched_to_at.zip(replay.searched_to_id);
     let boundary = search_boundary(conn, filter, cursor, SEARCH_STEP).await?;
     let room = (max - replay.total).max(0);
-    let ids: Vec<Uuid> = between(filtered(filter), cursor, boundary)
-        .filter(deliveries::status.ne(DeliveryStatus::Delivering))
-        .select(deliveries::id)
-        .limit(room)
-        .load(conn)
-        .await?;
-    let mut replayed = 0;
-    for chunk in ids.chunks(5000) {
-        replayed += replay_ids(conn, chunk, replay.requested_by, Some(replay.id)).await?;
-    }
+    let (found, replayed) = replay_found(
+        conn,
+        between(filtered(filter), cursor, boundary),
+        room,
+        replay,
+    )
+    .await?;
     let total = replay.total + i64::try_from(replayed).unwrap_or(i64::MAX);
-    // At the cap (`ids` cut by it, whether or not all were still replayable) the search
-    // ends here: going on below the boundary would skip the matches left above it.
-    let capped = i64::try_from(ids.len()).unwrap_or(i64::MAX) >= room;
+    // At the cap (what was found cut by it, whether or not all were still replayable) the
+    // search ends here: going on below the boundary would skip the matches left above it.
+    let capped = i64::try_from(found).unwrap_or(i64::MAX) >= room;
     let searching = boundary.is_some() && !capped;
     diesel::update(replays::table.find(replay.id))
         .set((
