@@ -198,17 +198,26 @@ impl Worker {
         if records.is_empty() && releases.is_empty() {
             return;
         }
-        let mut result = self.write_batch(records, releases).await;
-        if result.is_err() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            result = self.write_batch(records, releases).await;
-        }
-        match result {
-            Ok(effects) => {
-                if !records.is_empty() {
-                    self.notifier.deliveries_changed();
+        match self.write_retrying(records, releases).await {
+            Ok(effects) => self.recorded(records, effects).await,
+            // One attempt the database refuses must not take the rest of its batch with it:
+            // each is tried on its own.
+            Err(err) if records.len() > 1 => {
+                tracing::warn!(error = %err, attempts = records.len(), "could not record a batch of attempts; recording them one by one");
+                if !releases.is_empty()
+                    && let Err(err) = self.write_retrying(&[], releases).await
+                {
+                    tracing::warn!(error = %err, claims = releases.len(), "could not give back claims");
                 }
-                self.after_batch(records, effects).await;
+                for record in records {
+                    let one = std::slice::from_ref(record);
+                    match self.write_retrying(one, &[]).await {
+                        Ok(effects) => self.recorded(one, effects).await,
+                        Err(err) => {
+                            tracing::warn!(error = %err, delivery_id = %record.claimed.id, "could not record an attempt")
+                        }
+                    }
+                }
             }
             // The claims stay until their leases end; then the deliveries are retried.
             Err(err) => {
@@ -224,6 +233,27 @@ impl Worker {
         {
             self.wake.notify_one();
         }
+    }
+
+    /// [`Self::write_batch`], tried again once after 100 ms.
+    async fn write_retrying(
+        &self,
+        records: &[Record],
+        releases: &[(Uuid, Uuid)],
+    ) -> anyhow::Result<BatchEffects> {
+        let result = self.write_batch(records, releases).await;
+        if result.is_ok() {
+            return result;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.write_batch(records, releases).await
+    }
+
+    async fn recorded(&self, records: &[Record], effects: BatchEffects) {
+        if !records.is_empty() {
+            self.notifier.deliveries_changed();
+        }
+        self.after_batch(records, effects).await;
     }
 
     /// One statement for the outcomes and attempts (and one for released claims); when an

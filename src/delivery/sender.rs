@@ -135,15 +135,23 @@ impl Sender {
         let started_at = Utc::now();
         let started = Instant::now();
         let timestamp = started_at.timestamp();
-        let finish =
-            |request_headers: Value, answer: Answer, response_headers, response_body| Sent {
-                started_at,
-                duration: started.elapsed(),
-                request_headers,
-                answer,
-                response_headers,
-                response_body,
-            };
+        let finish = |request_headers: Value,
+                      answer: Answer,
+                      response_headers,
+                      response_body: Option<String>| Sent {
+            started_at,
+            duration: started.elapsed(),
+            request_headers,
+            answer: match answer {
+                Answer::Error { class, detail } => Answer::Error {
+                    class,
+                    detail: storable_text(detail),
+                },
+                status @ Answer::Status { .. } => status,
+            },
+            response_headers,
+            response_body: response_body.map(storable_text),
+        };
 
         let data: &RawValue = serde_json::from_str(&delivery.payload).unwrap_or_else(|_| {
             // Stored payloads are valid JSON; never send a broken body.
@@ -260,6 +268,18 @@ impl Sender {
             Some(Value::Object(response_headers)),
             Some(String::from_utf8_lossy(&body).into_owned()),
         )
+    }
+}
+
+/// `text` as PostgreSQL can store it. A `text` value cannot hold NUL, which a receiver's
+/// body (any binary error page) or an error's message may contain: each becomes U+FFFD, as
+/// bytes that are not UTF-8 already do. Left in, it made the database refuse the whole
+/// batch of attempts it was recorded with.
+fn storable_text(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
     }
 }
 

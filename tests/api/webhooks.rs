@@ -187,6 +187,49 @@ async fn after_a_rotation_both_secrets_verify() {
     assert_eq!(got[0].headers["webhook-signature"].split(' ').count(), 2);
 }
 
+/// A receiver's answer is third-party input: a body with a NUL byte (any binary error page)
+/// is text PostgreSQL refuses. It must not stop that attempt, nor the others recorded in
+/// the same batch, from being recorded (before, the whole batch was dropped: every delivery
+/// in it stayed `delivering` and was sent again when its lease ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_with_a_nul_byte_is_recorded_with_the_batch_it_came_in() {
+    let app = webhook_app("100ms").await;
+    let binary = Receiver::start().await;
+    binary.set_default(Reply {
+        body: "GIF89a\0\u{1}binary".to_owned(),
+        ..Reply::status(200)
+    });
+    let plain = Receiver::start().await;
+    let binary_endpoint = create_endpoint(&app, json!({"url": binary.url})).await;
+    let plain_endpoint = create_endpoint(&app, json!({"url": plain.url})).await;
+    app.publish("s", "t", json!(1)).await;
+    binary.wait_for(1, Duration::from_secs(5)).await;
+    plain.wait_for(1, Duration::from_secs(5)).await;
+
+    // The plain one first: it is recorded even if the other could not be.
+    let mut bodies = Vec::new();
+    for endpoint in [&plain_endpoint, &binary_endpoint] {
+        let list: Value = app
+            .get(&format!(
+                "/v1/deliveries?endpoint_id={}",
+                endpoint["id"].as_str().unwrap()
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = list["deliveries"][0]["id"].as_str().unwrap().to_owned();
+        let delivery = wait_for_status(&app, &id, "succeeded").await;
+        let attempts = delivery["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "{delivery}");
+        bodies.push(attempts[0]["response_body"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(bodies, ["status 200", "GIF89a\u{FFFD}\u{1}binary"]);
+    app.wait_until_settled().await;
+    assert_eq!(binary.received().len(), 1);
+    assert_eq!(plain.received().len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_twice_then_succeeding_takes_three_tries_with_one_webhook_id() {
     let app = webhook_app("100ms,100ms,100ms").await;
