@@ -17,6 +17,44 @@ pub fn has_body(req: &HttpRequest) -> bool {
     }
 }
 
+/// The longest note for people (an endpoint's or an API key's `description`), in characters.
+pub const MAX_NOTE_CHARS: usize = 1000;
+
+/// Checks a note for people: at most [`MAX_NOTE_CHARS`] characters, and no control
+/// characters but tab and line breaks (PostgreSQL's `text` cannot hold NUL at all, and the
+/// console shows the rest).
+pub fn check_note(field: &str, note: &str) -> Result<(), ApiError> {
+    if note.chars().count() > MAX_NOTE_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("must be at most {MAX_NOTE_CHARS} characters"),
+        ));
+    }
+    if note
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters other than tab and line breaks",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that a JSON payload nests arrays and objects at most
+/// [`MAX_DEPTH`](crate::db::raw_json::MAX_DEPTH) deep.
+pub fn check_nesting(field: &str, payload: &serde_json::value::RawValue) -> Result<(), ApiError> {
+    use crate::db::raw_json::{MAX_DEPTH, nesting_depth};
+    if nesting_depth(payload.get()) > MAX_DEPTH {
+        return Err(ApiError::invalid(
+            field,
+            format!("must not nest arrays and objects more than {MAX_DEPTH} deep"),
+        ));
+    }
+    Ok(())
+}
+
 /// The body timeout when no settings are at hand.
 const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

@@ -144,7 +144,8 @@ fn parse_headers(pairs: BTreeMap<String, String>) -> Result<Value, ApiError> {
 pub struct EndpointInput {
     /// Where webhooks are sent (`https://`, or `http://` where allowed).
     url: Option<String>,
-    /// A note for people (at most 1000 characters).
+    /// A note for people (at most 1000 characters; no control characters but tab and line
+    /// breaks).
     description: Option<String>,
     /// Event types it receives (at most 100); empty: all.
     event_types: Option<Vec<String>>,
@@ -193,12 +194,7 @@ fn apply(
             .to_string();
     }
     if let Some(description) = input.description {
-        if description.len() > 1000 {
-            return Err(ApiError::invalid(
-                "description",
-                "must be at most 1000 characters",
-            ));
-        }
+        super::body::check_note("description", &description)?;
         endpoint.description = description;
     }
     if let Some(types) = input.event_types {
@@ -659,7 +655,10 @@ async fn send_test_event(
         None => EventType::parse(TEST_EVENT_TYPE).map_err(ApiError::Internal)?,
     };
     let payload = match payload {
-        Some(payload) => payload,
+        Some(payload) => {
+            super::body::check_nesting("payload", &payload)?;
+            payload
+        }
         None => serde_json::value::to_raw_value(&DefaultTestPayload {
             message: "A test event from Herald",
             endpoint_id: id,

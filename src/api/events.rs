@@ -44,7 +44,7 @@ pub struct NewEvent {
     #[schema(example = "payment.succeeded")]
     event_type: String,
     /// Any JSON value (`null` too), stored and delivered byte for byte (at most
-    /// `HERALD_MAX_PAYLOAD`).
+    /// `HERALD_MAX_PAYLOAD`, arrays and objects nested at most 64 deep).
     #[schema(value_type = Value)]
     payload: Box<RawValue>,
 }
@@ -81,6 +81,7 @@ impl NewEvent {
                 payload.get().len()
             )));
         }
+        super::body::check_nesting(&field("payload"), &payload)?;
         Ok(PendingEvent::new(stream, event_type, RawJson(payload)))
     }
 }

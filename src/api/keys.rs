@@ -66,7 +66,8 @@ pub struct NewKey {
     /// For subscribers (and optionally publishers): the stream prefixes it may use.
     #[serde(default)]
     stream_prefixes: Vec<String>,
-    /// A note for people.
+    /// A note for people (at most 1000 characters; no control characters but tab and line
+    /// breaks).
     #[serde(default)]
     description: String,
     /// Held long-polls and SSE streams it may have open per instance (1-1000000); omitted:
@@ -117,12 +118,7 @@ async fn create_key(
     principal.require_admin()?;
     let input: NewKey = read_json(&req, body, 64 * 1024, "64 KiB").await?;
     let (role, prefixes) = parse_grant(&input.role, &input.stream_prefixes)?;
-    if input.description.len() > 1000 {
-        return Err(ApiError::invalid(
-            "description",
-            "must be at most 1000 characters",
-        ));
-    }
+    super::body::check_note("description", &input.description)?;
     let max_held = input
         .max_held
         .map(|n| {

@@ -7,7 +7,7 @@
 pub mod embedded;
 pub mod models;
 mod prepared;
-mod raw_json;
+pub mod raw_json;
 pub mod schema;
 
 use std::time::Duration;

@@ -276,3 +276,68 @@ async fn only_admins_manage_endpoints() {
         .unwrap();
     assert_problem(response, 403, "forbidden").await;
 }
+
+/// A description is a note for people: NUL (which PostgreSQL's `text` cannot hold) and
+/// other control characters are a 422 naming the field, on create and update, for endpoints
+/// and for API keys; the limit counts characters, not bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn descriptions_with_control_characters_are_422() {
+    let app = spawn_app().await;
+    let url = "https://hooks.example.com/notes";
+    let endpoint = crate::helpers::create_endpoint(&app, json!({"url": url})).await;
+    let patch_path = format!("/v1/endpoints/{}", endpoint["id"].as_str().unwrap());
+    for bad in ["a\u{0}b", "bell\u{7}", "\u{1b}[31mred"] {
+        let created = app
+            .post("/v1/endpoints", &json!({"url": url, "description": bad}))
+            .await;
+        let problem = assert_problem(created, 422, "validation").await;
+        assert_eq!(problem["field"], "description");
+        let patched = app
+            .request(Method::PATCH, &patch_path, ADMIN_KEY)
+            .json(&json!({"description": bad}))
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(patched, 422, "validation").await;
+        assert_eq!(problem["field"], "description");
+        let key = app
+            .post(
+                "/v1/keys",
+                &json!({"role": "publisher", "description": bad}),
+            )
+            .await;
+        let problem = assert_problem(key, 422, "validation").await;
+        assert_eq!(problem["field"], "description");
+    }
+    // Tabs and line breaks are fine, and 1,000 characters of two bytes each too.
+    let note = format!("line one\n\tline two {}", "é".repeat(981));
+    assert_eq!(note.chars().count(), 1000);
+    let created = app
+        .post_expecting(
+            "/v1/endpoints",
+            &json!({"url": url, "description": note}),
+            201,
+        )
+        .await;
+    assert_eq!(created["description"], note);
+    let key = app
+        .post_expecting(
+            "/v1/keys",
+            &json!({"role": "publisher", "description": note}),
+            201,
+        )
+        .await;
+    assert_eq!(key["description"], note);
+    let too_long = "é".repeat(1001);
+    let problem = assert_problem(
+        app.post(
+            "/v1/endpoints",
+            &json!({"url": url, "description": too_long}),
+        )
+        .await,
+        422,
+        "validation",
+    )
+    .await;
+    assert_eq!(problem["field"], "description");
+}
