@@ -24,7 +24,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, ResponseError as _, get, post, web};
-use actix_ws::{CloseCode, CloseReason, Message};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Message, ProtocolError};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
@@ -441,7 +441,11 @@ impl Socket {
 
     /// Runs the socket: the only place that waits on its client is the hand-over of
     /// queued messages to the connection, which nothing else waits for.
-    async fn run(mut self, mut messages: actix_ws::MessageStream) {
+    async fn run(mut self, messages: actix_ws::MessageStream) {
+        let mut messages = messages
+            .max_frame_size(MAX_CLIENT_MESSAGE)
+            .aggregate_continuations()
+            .max_continuation_size(MAX_CLIENT_MESSAGE);
         let settings = self.state.settings.clone();
         let mut ping = tokio::time::interval(settings.ws_ping);
         ping.reset();
@@ -487,16 +491,17 @@ impl Socket {
                 message = messages.next() => {
                     heard = Instant::now();
                     match message {
-                        Some(Ok(Message::Text(text))) => self.handle(&text),
-                        Some(Ok(Message::Binary(_))) => {
+                        Some(Ok(AggregatedMessage::Text(text))) => self.handle(&text),
+                        Some(Ok(AggregatedMessage::Binary(_))) => {
                             let err = ApiError::Malformed("send JSON text messages".into());
                             self.outbox.send(ServerMessage::error(None, &err, None).text());
                         }
-                        Some(Ok(Message::Ping(bytes))) => {
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
                             let _ = tokio::time::timeout(Duration::from_secs(1), self.session.pong(&bytes)).await;
                         }
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
-                        Some(Ok(_)) => {}
+                        Some(Ok(AggregatedMessage::Pong(_))) => {}
+                        Some(Ok(AggregatedMessage::Close(_))) | None => break None,
+                        Some(Err(err)) => break Some(protocol_close(&err)),
                     }
                 }
                 _ = ping.tick() => {
@@ -724,6 +729,37 @@ impl Socket {
                 }
             }
         }
+    }
+}
+
+/// The largest message a client may send, in one frame or in fragments (a `subscribe` is a
+/// few hundred bytes).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
+
+/// How a socket whose client broke the protocol is closed: 1009 (too big) for a message over
+/// [`MAX_CLIENT_MESSAGE`], 1002 (protocol error) for anything else, with what was wrong.
+fn protocol_close(err: &ProtocolError) -> CloseReason {
+    let too_big = match err {
+        ProtocolError::Overflow => true,
+        ProtocolError::Io(e) => e.to_string().contains("maximum continuation size"),
+        _ => false,
+    };
+    CloseReason {
+        code: if too_big {
+            CloseCode::Size
+        } else {
+            CloseCode::Protocol
+        },
+        description: Some(if too_big {
+            format!("messages are limited to {} KiB", MAX_CLIENT_MESSAGE / 1024)
+        } else {
+            // A close frame's reason holds at most 123 bytes.
+            let mut detail = err.to_string();
+            while detail.len() > 120 {
+                detail.pop();
+            }
+            detail
+        }),
     }
 }
 

@@ -456,3 +456,40 @@ async fn a_deleted_keys_socket_is_closed_4001_and_shutdown_closes_1001() {
     app.stop.cancel();
     assert_eq!(close_code(&mut other).await, Some(CloseCode::Away));
 }
+
+/// Sends `text` as one text message in fragments of `size` bytes (RFC 6455 continuation
+/// frames).
+async fn send_fragmented(ws: &mut Ws, text: &str, size: usize) {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let pieces: Vec<&[u8]> = text.as_bytes().chunks(size).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let opcode = OpCode::Data(if i == 0 { Data::Text } else { Data::Continue });
+        let frame = Frame::message(piece.to_vec(), opcode, i + 1 == pieces.len());
+        ws.send(Message::Frame(frame)).await.unwrap();
+    }
+}
+
+/// A message may come in fragments: it is read whole and answered like any other. One over
+/// 64 KiB, in one frame or in fragments, closes the socket with 1009 (message too big)
+/// instead of dropping it without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_messages_are_read_whole_and_oversized_ones_close_1009() {
+    let app = spawn_app().await;
+    app.publish("frag", "t", json!(1)).await;
+    let mut ws = connect(&app, ADMIN_KEY).await;
+    let subscribe = json!({"type": "subscribe", "stream": "frag", "after": 0, "id": "f"});
+    send_fragmented(&mut ws, &subscribe.to_string(), 10).await;
+    let reply = next(&mut ws).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    assert_eq!(reply["id"], "f");
+    assert_eq!(next(&mut ws).await["seq"], 1);
+
+    let big = json!({"type": "subscribe", "stream": "frag", "pad": "a".repeat(70 * 1024)});
+    ws.send(Message::text(big.to_string())).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(CloseCode::Size));
+
+    let mut fragmented = connect(&app, ADMIN_KEY).await;
+    send_fragmented(&mut fragmented, &big.to_string(), 16 * 1024).await;
+    assert_eq!(close_code(&mut fragmented).await, Some(CloseCode::Size));
+}
