@@ -40,6 +40,9 @@ pub const WINDOW: Duration = Duration::from_millis(25);
 const BATCH: usize = 500;
 /// How long a noted success stands for an endpoint before it is written again.
 const HEALTH_NOTE_EVERY: Duration = Duration::from_secs(10);
+/// `endpoint.recovered` at most this often per endpoint (and instance): a receiver failing
+/// every other request would otherwise announce a recovery with each batch.
+const RECOVERY_ANNOUNCED_EVERY: Duration = Duration::from_secs(60);
 const GONE_REASON: &str = "the receiver answered 410 Gone";
 
 /// What the recorder is sent.
@@ -61,6 +64,27 @@ pub struct Record {
     outcome: Outcome,
     attempt: Attempt,
     next: Next,
+}
+
+impl Record {
+    /// This record without the receiver's headers and body, and with its error texts in
+    /// ASCII: what any database accepts.
+    fn without_response(&self) -> Self {
+        let ascii = |text: &String| text.escape_default().to_string();
+        let mut attempt = self.attempt.clone();
+        attempt.response_headers = None;
+        attempt.response_body = None;
+        attempt.error_detail = attempt.error_detail.as_ref().map(ascii);
+        let mut outcome = self.outcome.clone();
+        outcome.error = outcome.error.as_ref().map(ascii);
+        Self {
+            claimed: self.claimed.clone(),
+            token: self.token,
+            outcome,
+            attempt,
+            next: self.next.clone(),
+        }
+    }
 }
 
 /// `5d`, `3h`, `90s`: a duration as settings spell it.
@@ -210,13 +234,7 @@ impl Worker {
                     tracing::warn!(error = %err, claims = releases.len(), "could not give back claims");
                 }
                 for record in records {
-                    let one = std::slice::from_ref(record);
-                    match self.write_retrying(one, &[]).await {
-                        Ok(effects) => self.recorded(one, effects).await,
-                        Err(err) => {
-                            tracing::warn!(error = %err, delivery_id = %record.claimed.id, "could not record an attempt")
-                        }
-                    }
+                    self.write_alone(record).await;
                 }
             }
             // The claims stay until their leases end; then the deliveries are retried.
@@ -232,6 +250,25 @@ impl Worker {
                 .any(|r| r.claimed.ordered || matches!(r.next, Next::Retry(_)))
         {
             self.wake.notify_one();
+        }
+    }
+
+    /// Records one attempt; if the database refuses it, records it without what came from
+    /// the receiver, so that its outcome lands whatever the receiver sent (an outcome never
+    /// written would leave the delivery to be claimed and sent again forever).
+    async fn write_alone(&self, record: &Record) {
+        let one = std::slice::from_ref(record);
+        let err = match self.write_retrying(one, &[]).await {
+            Ok(effects) => return self.recorded(one, effects).await,
+            Err(err) => err,
+        };
+        tracing::warn!(error = %err, delivery_id = %record.claimed.id, "could not record an attempt; recording it without the response");
+        let reduced = [record.without_response()];
+        match self.write_retrying(&reduced, &[]).await {
+            Ok(effects) => self.recorded(&reduced, effects).await,
+            Err(err) => {
+                tracing::error!(error = %err, delivery_id = %record.claimed.id, "could not record an attempt")
+            }
         }
     }
 
@@ -381,7 +418,20 @@ impl Worker {
                 reason,
             });
         }
-        for (endpoint_id, since) in effects.recovered {
+        let now = Instant::now();
+        let announce: Vec<_> = {
+            let mut announced = self
+                .recovery_announced
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            announced.retain(|_, at| now.duration_since(*at) < RECOVERY_ANNOUNCED_EVERY);
+            effects
+                .recovered
+                .into_iter()
+                .filter(|(endpoint_id, _)| announced.insert(*endpoint_id, now).is_none())
+                .collect()
+        };
+        for (endpoint_id, since) in announce {
             ops.push(OpsEvent::EndpointRecovered {
                 endpoint_id,
                 url: url_of(endpoint_id),
@@ -445,10 +495,11 @@ async fn write_on(
         endpoint::note_errors(conn, errors).await?;
         for (endpoint_id, change) in health {
             let disabled = match change {
-                Health::Gone => {
-                    endpoint::disable(conn, *endpoint_id, GONE_REASON).await?;
-                    Some(GONE_REASON.to_owned())
-                }
+                // Only the batch that disables it says so (and fails what is left): others
+                // with a 410 of the same endpoint find it disabled already.
+                Health::Gone => endpoint::disable(conn, *endpoint_id, GONE_REASON)
+                    .await?
+                    .then(|| GONE_REASON.to_owned()),
                 Health::Succeeded => {
                     if let Some(since) = endpoint::note_success(conn, *endpoint_id).await? {
                         effects.recovered.push((*endpoint_id, since));

@@ -26,6 +26,10 @@ use crate::domain::signature::{SigningSecret, signature_header};
 
 /// How much of a response body is kept.
 pub const MAX_RESPONSE_BODY: usize = 16 * 1024;
+/// What is kept of one response header's value, in bytes.
+const MAX_HEADER_VALUE: usize = 1024;
+/// What is kept of a response's headers in all, in bytes (names and values).
+const MAX_RESPONSE_HEADERS: usize = 16 * 1024;
 
 /// What an attempt sent and got.
 #[derive(Debug, Clone)]
@@ -242,8 +246,31 @@ impl Sender {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, Utc::now()));
         let mut response_headers = Map::new();
+        let mut kept = 0;
         for (name, value) in response.headers() {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            // A receiver may send about 400 KiB of headers: what is kept of them is bounded
+            // like the body (each value, and all of them together).
+            let value = if value.len() > MAX_HEADER_VALUE {
+                format!(
+                    "{}... ({} bytes)",
+                    String::from_utf8_lossy(&value.as_bytes()[..MAX_HEADER_VALUE]),
+                    value.len()
+                )
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            kept += name.as_str().len() + value.len();
+            if kept > MAX_RESPONSE_HEADERS {
+                response_headers.insert(
+                    "herald-truncated".to_owned(),
+                    Value::String(format!(
+                        "{} headers received; the first ones up to {} KiB are kept",
+                        response.headers().len(),
+                        MAX_RESPONSE_HEADERS / 1024
+                    )),
+                );
+                break;
+            }
             match response_headers.get_mut(name.as_str()) {
                 Some(Value::String(existing)) => {
                     existing.push_str(", ");
@@ -298,7 +325,10 @@ fn classify(err: &reqwest::Error) -> (&'static str, String) {
         source = e.source();
     }
     let detail = chain.join(": ");
-    let lower = detail.to_ascii_lowercase();
+    // The causes only: reqwest's own message names the URL, and an endpoint at
+    // `https://tls.example.com/` or `/handshake` is no TLS failure.
+    let causes = chain.get(1..).unwrap_or_default().join(": ");
+    let lower = causes.to_ascii_lowercase();
     let class = if err.is_timeout() {
         "timeout"
     } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")

@@ -101,6 +101,9 @@ pub struct Worker {
     endpoints: Mutex<HashMap<Uuid, EndpointState>>,
     /// Until when each endpoint's last success counts as written (see the recorder).
     pub(super) health_noted: Mutex<HashMap<Uuid, Instant>>,
+    /// When this instance last announced each endpoint's recovery (`endpoint.recovered`
+    /// at most once a minute per endpoint, however often a flapping receiver recovers).
+    pub(super) recovery_announced: Mutex<HashMap<Uuid, Instant>>,
     /// Claims run on a connection of their own, with plain index scans (see
     /// `delivery::CLAIM_SESSION`).
     claim_conn: Dedicated,
@@ -171,6 +174,7 @@ impl Worker {
             queue: parts.queue,
             endpoints: Mutex::new(HashMap::new()),
             health_noted: Mutex::new(HashMap::new()),
+            recovery_announced: Mutex::new(HashMap::new()),
             claim_conn: Dedicated::new(
                 &settings.database_url,
                 settings.connect_timeout,

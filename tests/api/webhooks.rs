@@ -1080,6 +1080,108 @@ async fn an_endpoint_failing_longer_than_disable_after_is_disabled() {
     }
 }
 
+/// The ops events a receiver's behaviour causes are bounded: one flapping between failure
+/// and success is announced recovered once (not with every success), and one answering
+/// 410 to several deliveries in flight is disabled once, with one `endpoint.disabled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_receiver_recovers_once_and_repeated_410s_disable_once() {
+    let app = spawn_app_with(|s| {
+        fast(s, "100ms");
+        s.disable_after = Duration::from_secs(3600);
+    })
+    .await;
+    let flapping = Receiver::start().await;
+    let endpoint = create_endpoint(&app, json!({"url": flapping.url, "streams": ["flap"]})).await;
+    for n in 1..=4 {
+        flapping.script([Reply::status(500), Reply::status(200)]);
+        app.publish("flap", "t", json!(n)).await;
+        flapping.wait_for(2 * n, Duration::from_secs(5)).await;
+        // Newest first: this event's delivery.
+        let list: Value = app
+            .get("/v1/deliveries?stream=flap&limit=1")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let id = list["deliveries"][0]["id"].as_str().unwrap().to_owned();
+        wait_for_status(&app, &id, "succeeded").await;
+    }
+
+    let gone = Receiver::start().await;
+    gone.script((0..5).map(|i| Reply::status(410).after(Duration::from_millis(100 * i))));
+    let gone_endpoint = create_endpoint(&app, json!({"url": gone.url, "streams": ["gone"]})).await;
+    let events: Vec<Value> = (0..5)
+        .map(|n| json!({"stream": "gone", "type": "t", "payload": n}))
+        .collect();
+    app.post_expecting("/v1/events/batch", &json!({"events": events}), 201)
+        .await;
+    gone.wait_for(5, Duration::from_secs(5)).await;
+    app.wait_until_settled().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let ops = ops_events(&app).await;
+    let count = |kind: &str, endpoint: &Value| {
+        ops.iter()
+            .filter(|e| e["type"] == kind && e["payload"]["endpoint_id"] == endpoint["id"])
+            .count()
+    };
+    assert_eq!(count("endpoint.recovered", &endpoint), 1, "{ops:?}");
+    assert_eq!(count("endpoint.disabled", &gone_endpoint), 1, "{ops:?}");
+}
+
+/// An error is classed by its causes, not by reqwest's message, which names the URL: a
+/// refused connection to `/tls-handshake-certificate` is `connect`, not `tls`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_class_does_not_come_from_words_in_the_url() {
+    let app = webhook_app("100ms").await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("http://127.0.0.1:{port}/tls-handshake-certificate");
+    create_endpoint(&app, json!({"url": url})).await;
+    app.publish("s", "t", json!(1)).await;
+    let delivery = only_delivery(&app).await;
+    let failed = wait_for_status(&app, delivery["id"].as_str().unwrap(), "failed").await;
+    for attempt in failed["attempts"].as_array().unwrap() {
+        assert_eq!(attempt["error_class"], "connect", "{attempt}");
+    }
+}
+
+/// What is kept of a receiver's headers is bounded like its body: each value to 1 KiB, all
+/// of them to 16 KiB, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receivers_headers_are_kept_up_to_16_kib() {
+    let app = webhook_app("100ms").await;
+    let receiver = Receiver::start().await;
+    let mut reply = Reply::status(200);
+    for i in 0..40 {
+        reply = reply.header(&format!("x-big-{i:02}"), &"v".repeat(1500));
+    }
+    receiver.set_default(reply);
+    create_endpoint(&app, json!({"url": receiver.url})).await;
+    app.publish("s", "t", json!(1)).await;
+    let delivery = only_delivery(&app).await;
+    let done = wait_for_status(&app, delivery["id"].as_str().unwrap(), "succeeded").await;
+    let headers = done["attempts"][0]["response_headers"].as_object().unwrap();
+    let kept = serde_json::to_string(headers).unwrap().len();
+    assert!(kept < 18 * 1024, "{kept} bytes kept");
+    let big: Vec<_> = headers
+        .iter()
+        .filter(|(name, _)| name.starts_with("x-big-"))
+        .collect();
+    assert!((5..40).contains(&big.len()), "{} kept", big.len());
+    for (_, value) in big {
+        assert_eq!(value, &format!("{}... (1500 bytes)", "v".repeat(1024)));
+    }
+    assert!(
+        headers["herald-truncated"]
+            .as_str()
+            .unwrap()
+            .starts_with("4"),
+        "{headers:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_endpoint_gets_no_more_than_its_rate() {
     let app = webhook_app("1s").await;

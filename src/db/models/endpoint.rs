@@ -116,17 +116,22 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<bool>
         .map(|n| n > 0)
 }
 
-/// Disables an endpoint, saying why.
-pub async fn disable(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> QueryResult<()> {
-    diesel::update(endpoints::table.find(id))
-        .set((
-            endpoints::enabled.eq(false),
-            endpoints::disabled_reason.eq(reason),
-            endpoints::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await
-        .map(drop)
+/// Disables an endpoint, saying why; returns whether this disabled it (false when it was
+/// disabled already, or is gone).
+pub async fn disable(conn: &mut AsyncPgConnection, id: Uuid, reason: &str) -> QueryResult<bool> {
+    diesel::update(
+        endpoints::table
+            .find(id)
+            .filter(endpoints::enabled.eq(true)),
+    )
+    .set((
+        endpoints::enabled.eq(false),
+        endpoints::disabled_reason.eq(reason),
+        endpoints::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await
+    .map(|n| n > 0)
 }
 
 /// Notes a success. Returns when the endpoint had been failing since, if it had (it has
