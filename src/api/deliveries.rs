@@ -344,7 +344,8 @@ fn parse_filter(query: &FilterInput) -> Result<DeliveryFilter, ApiError> {
         status_code: optional(&query.status_code, |raw| {
             raw.parse::<i32>()
                 .ok()
-                .filter(|c| (100..=599).contains(c))
+                // What receivers send: 100-999 (a code over 599 is recorded as it came).
+                .filter(|c| (100..=999).contains(c))
                 .ok_or_else(|| ApiError::invalid("status_code", "must be an HTTP status code"))
         })?,
         since: optional(&query.since, |raw| parse_time("since", raw))?,

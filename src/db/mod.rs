@@ -112,6 +112,7 @@ pub fn run_migrations(database_url: &str) -> anyhow::Result<()> {
     use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
 
     let mut conn = AsyncConnectionWrapper::<AsyncPgConnection>::establish(database_url)?;
+    require_utf8(&mut conn)?;
     diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
         .execute(&mut conn)?;
     let result = conn
@@ -125,6 +126,32 @@ pub fn run_migrations(database_url: &str) -> anyhow::Result<()> {
     diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})"))
         .execute(&mut conn)?;
     result
+}
+
+/// Refuses a database whose encoding is not UTF8: Herald stores text it does not choose
+/// (receivers' answers, descriptions, event types) as UTF-8, and a database in another
+/// encoding refuses some of it ("has no equivalent in encoding"), which would leave an
+/// attempt unrecorded.
+fn require_utf8(
+    conn: &mut diesel_async::async_connection_wrapper::AsyncConnectionWrapper<AsyncPgConnection>,
+) -> anyhow::Result<()> {
+    use diesel::RunQueryDsl as _;
+
+    #[derive(diesel::QueryableByName)]
+    struct Encoding {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        encoding: String,
+    }
+    let found: Encoding =
+        diesel::sql_query("SELECT current_setting('server_encoding') AS encoding")
+            .get_result(conn)?;
+    anyhow::ensure!(
+        found.encoding == "UTF8",
+        "the database's encoding is {}; Herald needs a UTF8 database \
+         (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)",
+        found.encoding
+    );
+    Ok(())
 }
 
 /// A connection of its own for one background task, outside the pool, opened on first use

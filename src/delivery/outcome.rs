@@ -62,7 +62,11 @@ pub fn next(
     match schedule.delay_after(attempts, draw) {
         Some(delay) => {
             let delay = honour_retry_after(delay, retry_after);
-            Next::Retry(now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX))
+            let delay = chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+            Next::Retry(
+                now.checked_add_signed(delay)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            )
         }
         None => Next::Exhausted,
     }

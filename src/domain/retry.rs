@@ -13,6 +13,8 @@ use super::units::parse_duration;
 pub const JITTER: f64 = 0.2;
 /// The longest a `Retry-After` answer can postpone the next attempt.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// The longest delay a schedule may hold (a longer one would outlive any retention).
+pub const MAX_DELAY: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Delays after the first, second, ... failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,11 +45,18 @@ impl RetrySchedule {
         if raw.is_empty() {
             return Ok(Self(Vec::new()));
         }
-        raw.split(',')
+        let delays = raw
+            .split(',')
             .map(|part| parse_duration(part.trim()))
             .collect::<Result<Vec<_>, _>>()
-            .map(Self)
-            .map_err(|e| format!("expected comma-separated durations like 5s,5m,2h: {e}"))
+            .map_err(|e| format!("expected comma-separated durations like 5s,5m,2h: {e}"))?;
+        if let Some(long) = delays.iter().find(|d| **d > MAX_DELAY) {
+            return Err(format!(
+                "each delay must be at most 30d (found {}s)",
+                long.as_secs()
+            ));
+        }
+        Ok(Self(delays))
     }
 
     /// Attempts in all: the first plus one per delay.
@@ -80,6 +89,14 @@ pub fn honour_retry_after(delay: Duration, retry_after: Option<Duration>) -> Dur
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_delay_over_30_days_is_refused() {
+        assert!(RetrySchedule::parse("5s,30d").is_ok());
+        let err = RetrySchedule::parse("5s,31d").unwrap_err();
+        assert!(err.contains("at most 30d"), "{err}");
+        assert!(RetrySchedule::parse("300000000d").is_err());
+    }
 
     #[test]
     fn the_default_schedule_spans_about_three_days() {

@@ -171,12 +171,13 @@ async fn a_bad_setting_stops_herald_with_a_message_naming_it() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn migrate_creates_the_schema_on_an_empty_database() {
-    let name = format!("herald_t_{}_empty", std::process::id());
-    let admin = connect(&maintenance_url()).await;
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
+/// Creates database `herald_t_<pid>_<suffix>` with `options` and runs `herald migrate` on
+/// it; returns its URL and what `migrate` printed.
+async fn migrate_new_database(suffix: &str, options: &str) -> (String, std::process::Output) {
+    let name = format!("herald_t_{}_{suffix}", std::process::id());
+    connect(&maintenance_url())
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name} {options}"))
         .await
         .unwrap();
     let url = replace_database(&maintenance_url(), &name);
@@ -186,6 +187,12 @@ async fn migrate_creates_the_schema_on_an_empty_database() {
         .output()
         .await
         .unwrap();
+    (url, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_schema_on_an_empty_database() {
+    let (url, out) = migrate_new_database("empty", "").await;
     assert!(
         out.status.success(),
         "{}",
@@ -249,4 +256,31 @@ async fn key_create_prints_a_key_that_works() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("stream_prefixes"));
+}
+
+/// A database in another encoding than UTF8 would refuse some text Herald stores without
+/// choosing it (a receiver's answer): `migrate` (and so `serve`) refuses it up front, saying
+/// why, and creates nothing in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_not_in_utf8_is_refused_with_the_reason() {
+    let (url, out) = migrate_new_database(
+        "latin1",
+        "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0",
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("the database's encoding is LATIN1; Herald needs a UTF8 database"),
+        "{stderr}"
+    );
+    let tables = connect(&url)
+        .await
+        .query(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'events'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(tables[0].get::<_, i64>(0), 0);
 }
