@@ -36,6 +36,8 @@ async fn delivery_changes(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     principal.require_admin()?;
+    // Held like a long-poll or an SSE stream: it ends within seconds of its key's deletion.
+    let hold = principal.hold(&state.key_holds, state.settings.max_waiters_per_key)?;
     let mut heartbeat = tokio::time::interval(state.settings.sse_heartbeat);
     heartbeat.reset();
     let feed = ChangeFeed {
@@ -43,6 +45,8 @@ async fn delivery_changes(
         heartbeat,
         end_at: tokio::time::Instant::now() + state.settings.sse_max_lifetime,
         shutdown: state.stopping.clone(),
+        revoked: hold.token(),
+        _hold: hold,
         started: false,
         _open: OpenFeed::new(&state.metrics),
     };
@@ -62,6 +66,9 @@ struct ChangeFeed {
     heartbeat: tokio::time::Interval,
     end_at: tokio::time::Instant,
     shutdown: tokio_util::sync::CancellationToken,
+    /// Cancelled when the key is deleted.
+    revoked: tokio_util::sync::CancellationToken,
+    _hold: crate::streams::holds::Hold,
     started: bool,
     _open: OpenFeed,
 }
@@ -94,6 +101,7 @@ impl ChangeFeed {
         }
         tokio::select! {
             () = self.shutdown.cancelled() => None,
+            () = self.revoked.cancelled() => None,
             () = tokio::time::sleep_until(self.end_at) => None,
             _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
             changed = self.changes.changed() => {

@@ -354,6 +354,42 @@ async fn a_deleted_keys_held_polls_and_sse_streams_end_within_seconds_on_every_i
     assert_eq!(refused.status(), 401);
 }
 
+/// The console's live feed is held like any stream: deleting its key ends it within
+/// seconds (it used to stay open, announcing changes, until its 10-minute lifetime).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_keys_changes_feed_ends_within_seconds() {
+    let app = spawn_app().await;
+    let created = app
+        .post_expecting("/v1/keys", &serde_json::json!({"role": "admin"}), 201)
+        .await;
+    let feed = app
+        .request(
+            reqwest::Method::GET,
+            "/v1/deliveries/changes",
+            created["key"].as_str().unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    let feed = tokio::spawn(async move { feed.text().await.unwrap() });
+    let deleted = app
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/v1/keys/{}", created["id"].as_str().unwrap()),
+            crate::helpers::ADMIN_KEY,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), feed)
+        .await
+        .expect("the feed ended")
+        .unwrap();
+    assert!(body.contains("event: ready"), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_holds_at_most_its_max_held_polls_and_streams() {
     let app = spawn_app().await;
