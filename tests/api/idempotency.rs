@@ -186,40 +186,46 @@ async fn idempotency_keys_belong_to_the_api_key_that_used_them() {
     assert_eq!(stream["last_seq"], 3);
 }
 
+/// A record as the previous version wrote it (global, in `idempotency_keys`, no owner) is
+/// honoured for the very same request only: its retry is recognised, while a different
+/// request under the same idempotency key is new (no `409` telling it about another key's
+/// request, no squatting); once older than 24 h it no longer counts at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_from_before_keys_were_scoped_are_honoured_until_they_expire() {
+async fn records_from_before_keys_were_scoped_are_honoured_for_the_same_request_until_they_expire()
+{
     let app = spawn_app().await;
-    let event = app.publish("s", "t", json!(1)).await;
-    let id = event["id"].as_str().unwrap().to_owned();
-    // A record as the previous version wrote it: global, not tied to an API key.
-    app.db()
-        .await
-        .execute(
-            "INSERT INTO idempotency_keys (key, request_hash, event_ids) \
-             VALUES ($1, $2, ARRAY[$3::text::uuid])",
-            &[&"legacy-1", &vec![0_u8; 32], &id],
-        )
-        .await
-        .unwrap();
-    let body = json!({"stream": "s", "type": "t", "payload": 2});
-    let publisher = app.create_key("publisher", &[]).await;
-    assert_problem(
-        post_as(&app, &publisher, "legacy-1", &body).await,
-        409,
-        "conflict",
+    let writer = app.create_key("publisher", &[]).await;
+    let body = json!({"stream": "s", "type": "t", "payload": 1});
+    let first = post_as(&app, &writer, "legacy-1", &body).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    // Move its record to the old global table, as the previous version would have written it.
+    let db = app.db().await;
+    db.batch_execute(
+        "INSERT INTO idempotency_keys (key, request_hash, event_ids, created_at) \
+           SELECT key, request_hash, event_ids, created_at FROM idempotency_records; \
+         DELETE FROM idempotency_records;",
     )
-    .await;
+    .await
+    .unwrap();
+
+    let publisher = app.create_key("publisher", &[]).await;
+    let retried = post_as(&app, &publisher, "legacy-1", &body).await;
+    assert_eq!(retried.status(), 200);
+    assert_eq!(retried.json::<Value>().await.unwrap(), first);
+    let other = json!({"stream": "s", "type": "t", "payload": 2});
+    let new = post_as(&app, &publisher, "legacy-1", &other).await;
+    assert_eq!(new.status(), 201);
+    assert_eq!(new.json::<Value>().await.unwrap()["seq"], 2);
+
     // Once it is older than 24 h it no longer counts.
-    app.db()
-        .await
-        .execute(
-            "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        post_as(&app, &publisher, "legacy-1", &body).await.status(),
-        201
-    );
+    db.batch_execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours'; \
+         DELETE FROM idempotency_records;",
+    )
+    .await
+    .unwrap();
+    let after = post_as(&app, &publisher, "legacy-1", &body).await;
+    assert_eq!(after.status(), 201);
+    assert_eq!(after.json::<Value>().await.unwrap()["seq"], 3);
 }

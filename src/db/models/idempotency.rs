@@ -36,8 +36,10 @@ pub enum Claim {
 /// idempotency key `key`, unless a live record for it exists.
 ///
 /// Keys are scoped to the API key that used them (`idempotency_records`). Records written
-/// before that (`idempotency_keys`, global) are still honoured until they expire, so a
-/// retry across the upgrade is still recognised.
+/// before that (`idempotency_keys`, global, with no owner) are still honoured until they
+/// expire, but only for the very same request (same hash), so that a retry across the
+/// upgrade is still recognised while another key's different request under the same
+/// idempotency key is neither refused (`409` would reveal it) nor squatted.
 ///
 /// If another transaction is inserting the same key right now, PostgreSQL makes this one
 /// wait for it on the primary key: when it commits, this one sees its record (`Existing`);
@@ -52,9 +54,11 @@ pub async fn claim(
 ) -> QueryResult<Claim> {
     let legacy: Option<IdempotencyRecord> = diesel::sql_query(format!(
         "SELECT request_hash, event_ids, created_at FROM idempotency_keys \
-          WHERE key = $1 AND created_at >= now() - interval '{RETENTION_HOURS} hours'"
+          WHERE key = $1 AND request_hash = $2 \
+            AND created_at >= now() - interval '{RETENTION_HOURS} hours'"
     ))
     .bind::<Text, _>(key)
+    .bind::<Bytea, _>(request_hash)
     .get_result(conn)
     .await
     .optional()?;
