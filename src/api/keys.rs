@@ -63,7 +63,8 @@ struct CreatedKeyDto {
 pub struct NewKey {
     /// `admin`, `publisher` or `subscriber`.
     role: String,
-    /// For subscribers (and optionally publishers): the stream prefixes it may use.
+    /// For subscribers only: the stream prefixes it may read (a publisher or admin key
+    /// with prefixes is refused).
     #[serde(default)]
     stream_prefixes: Vec<String>,
     /// A note for people (at most 1000 characters; no control characters but tab and line

@@ -273,7 +273,7 @@ pub struct StreamPage {
     tag = "streams",
     summary = "Poll or long-poll a stream",
     params(("stream" = String, Path, description = "Stream name"), ("after" = Option<i64>, Query, description = "Cursor: the last seq seen (default 0)"), ("limit" = Option<i64>, Query, description = "At most this many events (1-1000, default 100)"), ("wait" = Option<String>, Query, description = "Hold up to this long for events: seconds or a number with a unit (ms, s, m, h), e.g. 25s, 500ms or 25 (or Prefer: wait=25)", example = "25s"), ("Prefer" = Option<String>, Header, description = "wait=<seconds>")),
-    responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = StreamPage), super::openapi::AuthErrors, (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "Events after the cursor (maybe none) and the next cursor", body = StreamPage), super::openapi::AuthErrors, (status = 410, description = "The cursor is older than retention (see earliest_after)", body = super::openapi::Problem, content_type = "application/problem+json"), (status = 422, description = "Bad cursor, limit or wait", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
 )]
 #[get("/streams/{stream:.+}/events")]
 async fn list_stream_events(
@@ -419,7 +419,7 @@ struct StreamDto {
     tag = "streams",
     summary = "A stream's bounds",
     params(("stream" = String, Path, description = "Stream name")),
-    responses((status = 200, description = "Bounds and last seq", body = StreamDto), super::openapi::AuthErrors, (status = 404, description = "Not readable with this key", body = super::openapi::Problem, content_type = "application/problem+json"), super::openapi::Unavailable),
+    responses((status = 200, description = "Bounds and last seq", body = StreamDto), super::openapi::AuthErrors, super::openapi::Unavailable),
 )]
 #[get("/streams/{stream:.+}")]
 async fn get_stream(
