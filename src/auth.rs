@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -173,9 +174,17 @@ impl Principal {
 #[derive(Debug, Default)]
 pub struct KeyCache {
     entries: Mutex<HashMap<Vec<u8>, (Principal, Instant)>>,
+    /// How many evictions there have been: a key read from the database before an
+    /// eviction is not cached after it (it may be the key just deleted).
+    evictions: AtomicU64,
 }
 
 impl KeyCache {
+    /// Read before reading a key from the database; hand it to [`Self::put`].
+    fn generation(&self) -> u64 {
+        self.evictions.load(Ordering::Acquire)
+    }
+
     fn get(&self, hash: &[u8]) -> Option<Principal> {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
@@ -184,8 +193,13 @@ impl KeyCache {
             .map(|(p, _)| p.clone())
     }
 
-    fn put(&self, hash: Vec<u8>, principal: Principal) {
+    /// Caches `principal`, read from the database after [`Self::generation`] returned
+    /// `seen`, unless a key was evicted since.
+    fn put(&self, hash: Vec<u8>, principal: Principal, seen: u64) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.evictions.load(Ordering::Acquire) != seen {
+            return;
+        }
         if entries.len() >= CACHE_MAX_ENTRIES {
             entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
             if entries.len() >= CACHE_MAX_ENTRIES {
@@ -198,6 +212,7 @@ impl KeyCache {
     /// Forgets a deleted key at once.
     pub fn evict(&self, key_id: Uuid) {
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.evictions.fetch_add(1, Ordering::AcqRel);
         entries.retain(|_, (p, _)| p.key_id != key_id);
     }
 }
@@ -250,12 +265,13 @@ async fn authenticate(state: &AppState, raw: Option<String>) -> Result<Principal
     if let Some(principal) = state.keys.get(&hash) {
         return Ok(principal);
     }
+    let seen = state.keys.generation();
     let mut conn = state.pool.get().await?;
     let key = api_key::find_by_hash(&mut conn, &hash)
         .await?
         .ok_or(ApiError::Unauthorized("unknown API key"))?;
     let principal = Principal::of(&key);
-    state.keys.put(hash, principal.clone());
+    state.keys.put(hash, principal.clone(), seen);
     Ok(principal)
 }
 
@@ -312,5 +328,35 @@ impl FromRequest for Principal {
                 outcome => outcome,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KeyCache, Principal, Role};
+
+    fn principal() -> Principal {
+        Principal {
+            key_id: uuid::Uuid::now_v7(),
+            role: Role::Admin,
+            stream_prefixes: Vec::new(),
+            max_held: None,
+        }
+    }
+
+    #[test]
+    fn a_key_read_before_an_eviction_is_not_cached_after_it() {
+        let cache = KeyCache::default();
+        let deleted = principal();
+        // Read from the database, then deleted and evicted before it is cached.
+        let seen = cache.generation();
+        cache.evict(deleted.key_id);
+        cache.put(b"deleted".to_vec(), deleted, seen);
+        assert!(cache.get(b"deleted").is_none());
+        // Read after the eviction: cached as usual.
+        let live = principal();
+        let seen = cache.generation();
+        cache.put(b"live".to_vec(), live.clone(), seen);
+        assert_eq!(cache.get(b"live").map(|p| p.key_id), Some(live.key_id));
     }
 }
