@@ -89,7 +89,7 @@ export async function render(root, { params, navigate }) {
       const body = until ? { since, until } : { since };
       const recovered = await api("POST", `/v1/endpoints/${id}/recover`, body);
       if (progress) progress.dispose();
-      if (recovered.recovered === 0) {
+      if (recovered.recovered === 0 && !recovered.searching) {
         progress = null;
         replace(recoverArea, h("p", { class: "notice", role: "status", text: "Nothing to recover: the endpoint has every event of that period." }));
         return;

@@ -38,11 +38,17 @@ export function replayProgress(replayId) {
     const attempted = replay.succeeded + replay.failed;
     bar.max = Math.max(replay.total, 1);
     bar.value = replay.done ? bar.max : attempted;
+    // A bulk replay searches back in time; a recover goes forward through its window.
+    const recover = replay.kind === "recover";
     const searching = !replay.searching
       ? ""
       : replay.searched_to
-        ? ` Still searching older deliveries (back to ${new Date(replay.searched_to).toLocaleString()} so far).`
-        : " Still searching older deliveries.";
+        ? recover
+          ? ` Still going through the period (up to ${new Date(replay.searched_to).toLocaleString()} so far).`
+          : ` Still searching older deliveries (back to ${new Date(replay.searched_to).toLocaleString()} so far).`
+        : recover
+          ? " Still going through the period."
+          : " Still searching older deliveries.";
     text.textContent = replay.done
       ? `Done: ${replay.total} replayed, ${replay.succeeded} succeeded, ${replay.failed} failed.`
       : `${attempted} of ${replay.total} attempted: ${replay.succeeded} succeeded, ${replay.failed} failed, ${replay.pending + replay.delivering} to go.${searching}`;

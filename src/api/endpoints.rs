@@ -19,7 +19,7 @@ use crate::db::RawJson;
 use crate::db::models::delivery;
 use crate::db::models::endpoint::{self, Endpoint};
 use crate::db::models::event::{self, PendingEvent};
-use crate::db::models::replay::{Replay, recover};
+use crate::db::models::replay::{RECOVER_KIND, RecoverScope, Replay, start_recover};
 use crate::domain::destination::DestinationGuard;
 use crate::domain::signature::SigningSecret;
 use crate::domain::units::parse_duration;
@@ -551,39 +551,35 @@ async fn recover_endpoint(
             "the endpoint is disabled; enable it before recovering its events".into(),
         ));
     }
-    let criteria = serde_json::to_value(RecoverCriteria {
+    let window = RecoverScope {
         endpoint_id: id,
-        since: since.to_rfc3339(),
-        until: until.to_rfc3339(),
-    })
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let replay = Replay::new("recover", criteria, principal.key_id);
-    let replay_id = replay.id;
-    let recovered = recover(&mut conn, id, since, until, replay).await?;
-    if recovered > 0 {
+        since,
+        until,
+    };
+    let criteria = serde_json::to_value(&window).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let replay = Replay::new(RECOVER_KIND, criteria, principal.key_id);
+    let step = start_recover(&mut conn, &window, replay).await?;
+    if step.replayed > 0 {
         state.notifier.deliveries_due();
     }
     Ok(HttpResponse::Accepted().json(Recovered {
-        recovered,
-        replay_id,
+        recovered: step.replayed,
+        replay_id: step.replay_id,
+        searching: step.searching,
     }))
 }
 
 /// `202` to a recover.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Recovered {
-    /// How many deliveries were made due or created.
+    /// How many deliveries were made due or created by the request itself (the window's
+    /// first 10,000 events).
     pub recovered: usize,
-    /// Follow it at `GET /v1/replays/{replay_id}`.
+    /// Follow it at `GET /v1/replays/{replay_id}` (its `total` counts every step).
     pub replay_id: Uuid,
-}
-
-/// What a recover replayed, as its replay record keeps it.
-#[derive(Debug, Serialize)]
-struct RecoverCriteria {
-    endpoint_id: Uuid,
-    since: String,
-    until: String,
+    /// Later events of the window are left: Herald goes on with them in steps, in the
+    /// background, until `GET /v1/replays/{replay_id}` says `searching: false`.
+    pub searching: bool,
 }
 
 /// A test event's payload when the request names none.

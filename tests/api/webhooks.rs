@@ -732,6 +732,93 @@ async fn a_rare_filter_searches_history_in_bounded_steps_and_finds_every_match()
     assert!(failed["searched_to"].is_null());
 }
 
+/// Starts a second API-only instance on `app`'s database and stops `app`: what is left of
+/// a searching replay must be taken up by the other.
+async fn hand_over(app: &TestApp) -> TestApp {
+    let mut settings = crate::helpers::test_settings();
+    fast(&mut settings, "1s");
+    settings.delivery_concurrency = 0;
+    let other =
+        crate::helpers::spawn_app_on(settings, app.db_name.clone(), app.database_url.clone()).await;
+    app.stop.cancel();
+    other
+}
+
+/// Polls the replay until it is no longer searching (within `timeout`), checking each view
+/// of it while it is; returns the last.
+async fn until_searched(
+    app: &TestApp,
+    replay_id: &str,
+    timeout: Duration,
+    while_searching: impl Fn(&Value),
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let progress = app.get_json(&format!("/v1/replays/{replay_id}")).await;
+        if progress["searching"] == false {
+            return progress;
+        }
+        while_searching(&progress);
+        assert!(
+            Instant::now() < deadline,
+            "the search does not end: {progress}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A recover never handles its whole window in one transaction: the request takes the
+/// window's oldest `RECOVER_STEP` events and answers `searching`, and the background takes
+/// the rest step by step (here another instance, the first one stopped), until every
+/// event of the window has its delivery, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recover_of_a_long_window_goes_on_in_steps_in_the_background() {
+    let app = api_only_app("1s").await;
+    let step = usize::try_from(herald::db::models::replay::RECOVER_STEP).unwrap();
+    let published = step + 500;
+    for chunk in 0..published.div_ceil(1000) {
+        let events: Vec<Value> = (chunk * 1000..published.min((chunk + 1) * 1000))
+            .map(|i| json!({"stream": "r", "type": "t", "payload": i}))
+            .collect();
+        app.publish_batch(&events).await;
+    }
+    // Created after the events: none of them has a delivery for it yet.
+    let receiver = Receiver::start().await;
+    let endpoint = create_endpoint(&app, json!({"url": receiver.url})).await;
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(5)).to_rfc3339();
+    let path = format!("/v1/endpoints/{}/recover", endpoint["id"].as_str().unwrap());
+    let recovered = app
+        .post_expecting(&path, &json!({"since": since}), 202)
+        .await;
+    assert_eq!(recovered["recovered"], step, "{recovered}");
+    assert_eq!(recovered["searching"], true, "{recovered}");
+    let replay_id = recovered["replay_id"].as_str().unwrap().to_owned();
+
+    let other = hand_over(&app).await;
+    let progress = until_searched(&other, &replay_id, Duration::from_secs(20), |_| {}).await;
+    assert_eq!(progress["total"], published, "{progress}");
+    assert_eq!(progress["kind"], "recover");
+    let counts = other
+        .db()
+        .await
+        .query_one(
+            "SELECT count(*), count(DISTINCT event_id), min(seq), max(seq), \
+                    count(*) FILTER (WHERE replay_id::text = $1) \
+               FROM deliveries WHERE endpoint_id::text = $2",
+            &[&replay_id, &endpoint["id"].as_str().unwrap()],
+        )
+        .await
+        .unwrap();
+    let published = published as i64;
+    assert_eq!(counts.get::<_, i64>(0), published);
+    assert_eq!(counts.get::<_, i64>(1), published);
+    assert_eq!(
+        (counts.get::<_, i64>(2), counts.get::<_, i64>(3)),
+        (1, published)
+    );
+    assert_eq!(counts.get::<_, i64>(4), published);
+}
+
 /// A bulk replay by a filter no index answers never reads the whole history in one
 /// request: its preview counts among the newest candidates and says how far back, the
 /// request takes the first step, and the background finds every older match.
@@ -765,27 +852,12 @@ async fn a_bulk_replay_by_a_rare_filter_searches_history_in_steps_and_replays_ev
     assert_eq!(replayed["searching"], true, "{replayed}");
     let replay_id = replayed["replay_id"].as_str().unwrap().to_owned();
     // The instance that took the request stops; a second one goes on with the search.
-    let mut settings = crate::helpers::test_settings();
-    fast(&mut settings, "1s");
-    settings.delivery_concurrency = 0;
-    let other =
-        crate::helpers::spawn_app_on(settings, app.db_name.clone(), app.database_url.clone()).await;
-    app.stop.cancel();
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let progress = loop {
-        let progress = other.get_json(&format!("/v1/replays/{replay_id}")).await;
-        if progress["searching"] == false {
-            break progress;
-        }
+    let other = hand_over(&app).await;
+    let progress = until_searched(&other, &replay_id, Duration::from_secs(10), |progress| {
         assert!(progress["searched_to"].is_string(), "{progress}");
         assert_eq!(progress["done"], false, "{progress}");
-        assert!(
-            Instant::now() < deadline,
-            "the search does not end: {progress}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(progress["total"], 2, "{progress}");
     assert!(progress["searched_to"].is_null(), "{progress}");
     assert_eq!(progress["criteria"], json!({"event_type": "rare.one"}));

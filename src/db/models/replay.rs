@@ -142,6 +142,9 @@ pub async fn replay_matching(
     .await
 }
 
+/// The `kind` of a recover's replay record.
+pub const RECOVER_KIND: &str = "recover";
+
 /// Candidates (deliveries matching the indexed part of the filter) one step of a
 /// searching bulk replay looks through.
 pub const SEARCH_STEP: i64 = super::delivery::SCAN_BUDGET;
@@ -206,24 +209,35 @@ pub async fn search_step(
         let Some(replay) = found else {
             return Ok(None);
         };
+        if replay.kind == RECOVER_KIND {
+            return match serde_json::from_value::<RecoverScope>(replay.criteria.clone()) {
+                Ok(window) => recover_step(conn, &replay, &window).await.map(Some),
+                Err(_) => end_unreadable(conn, replay.id).await.map(Some),
+            };
+        }
         let filter = replay
             .search_filter
             .clone()
             .map(serde_json::from_value::<DeliveryFilter>);
         let Some(Ok(filter)) = filter else {
-            // Nothing can go on with it (not written by this version): end its search
-            // rather than let it hold up every replay after it.
-            tracing::error!(replay_id = %replay.id, "a searching replay's filter is unreadable: its search ends");
-            stop_searching(conn, replay.id).await?;
-            return Ok(Some(SearchStep {
-                replay_id: replay.id,
-                replayed: 0,
-                searching: false,
-            }));
+            return end_unreadable(conn, replay.id).await.map(Some);
         };
         step(conn, &replay, &filter, max).await.map(Some)
     })
     .await
+}
+
+/// Ends the search of a replay whose stored filter or window cannot be read (not written
+/// by this version): nothing can go on with it, and it must not hold up every replay after
+/// it.
+async fn end_unreadable(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<SearchStep> {
+    tracing::error!(replay_id = %id, "a searching replay's filter is unreadable: its search ends");
+    stop_searching(conn, id).await?;
+    Ok(SearchStep {
+        replay_id: id,
+        replayed: 0,
+        searching: false,
+    })
 }
 
 async fn stop_searching(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
@@ -258,20 +272,32 @@ async fn step(
     // At the cap (what was found cut by it, whether or not all were still replayable) the
     // search ends here: going on below the boundary would skip the matches left above it.
     let capped = i64::try_from(found).unwrap_or(i64::MAX) >= room;
-    let searching = boundary.is_some() && !capped;
-    diesel::update(replays::table.find(replay.id))
+    let next = boundary.filter(|_| !capped);
+    end_step(conn, replay.id, total, next, replayed).await
+}
+
+/// Commits a step's progress: the replay's new `total`, and where the next step starts
+/// (`None`: the search is over).
+async fn end_step(
+    conn: &mut AsyncPgConnection,
+    replay_id: Uuid,
+    total: i64,
+    next: Option<(DateTime<Utc>, Uuid)>,
+    replayed: usize,
+) -> QueryResult<SearchStep> {
+    diesel::update(replays::table.find(replay_id))
         .set((
             replays::total.eq(total),
-            replays::searching.eq(searching),
-            replays::searched_to_at.eq(boundary.filter(|_| searching).map(|(at, _)| at)),
-            replays::searched_to_id.eq(boundary.filter(|_| searching).map(|(_, id)| id)),
+            replays::searching.eq(next.is_some()),
+            replays::searched_to_at.eq(next.map(|(at, _)| at)),
+            replays::searched_to_id.eq(next.map(|(_, id)| id)),
         ))
         .execute(conn)
         .await?;
     Ok(SearchStep {
-        replay_id: replay.id,
+        replay_id,
         replayed,
-        searching,
+        searching: next.is_some(),
     })
 }
 
@@ -321,60 +347,137 @@ pub async fn count_replayable(
     ))
 }
 
-/// Re-delivers to `endpoint_id` every event created in `[since, until)` that it has not
-/// received, as the replay `replay` (stored with its total): its unsuccessful deliveries
-/// become due now, and events it never had a delivery for (sent before it subscribed) get
-/// one. Returns how many are now due.
-pub async fn recover(
+/// What a recover replays: the endpoint's events created in `[since, until)`. Stored as the
+/// replay's criteria, which every step reads back.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoverScope {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// Events created at or after it.
+    pub since: DateTime<Utc>,
+    /// Events created before it.
+    pub until: DateTime<Utc>,
+}
+
+/// Events a recover looks through per step.
+pub const RECOVER_STEP: i64 = SEARCH_STEP;
+
+/// How much earlier than its `created_at` an event's id may have been made: the id is
+/// given when the request is read, the time when the event is committed. A step scans ids
+/// from this much before `since` and keeps only the events created in the window.
+const ID_LEAD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Stores the recover `replay` of `window` and takes its first step, in one transaction
+/// (as [`start_search`] does): the first [`RECOVER_STEP`] events of the window, oldest
+/// first, made due again for the endpoint or given the delivery they lack. If more are
+/// left, the replay is stored searching and [`search_step`] goes on with it, one
+/// committed step at a time: a month of a busy installation's events (20 million) is
+/// never one transaction.
+pub async fn start_recover(
     conn: &mut AsyncPgConnection,
-    endpoint_id: Uuid,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
+    window: &RecoverScope,
     mut replay: Replay,
-) -> QueryResult<usize> {
+) -> QueryResult<SearchStep> {
+    replay.searching = true;
+    replay.searched_to_id = Some(id_floor(window.since, ID_LEAD));
+    let window = window.clone();
     conn.transaction(async |conn| {
-        let replayed = diesel::sql_query(
-            "UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), \
-                    replay_requested = true, replay_requested_by = $4, replay_id = $5, \
-                    updated_at = now() \
-               FROM events ev \
-              WHERE ev.id = d.event_id AND d.endpoint_id = $1 \
-                AND ev.created_at >= $2 AND ev.created_at < $3 \
-                AND d.status IN ('failed', 'pending')",
-        )
-        .bind::<SqlUuid, _>(endpoint_id)
-        .bind::<Timestamptz, _>(since)
-        .bind::<Timestamptz, _>(until)
-        .bind::<SqlUuid, _>(replay.requested_by)
-        .bind::<SqlUuid, _>(replay.id)
-        .execute(conn)
-        .await?;
-        let created = diesel::sql_query(concat!(
-            "INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
-                                     next_attempt_at, replay_requested, replay_requested_by, \
-                                     replay_id, created_at, updated_at) \
-             SELECT herald_uuid7(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, 'pending', \
-                    now(), true, $4, $5, clock_timestamp(), now() \
-               FROM events ev JOIN endpoints e ON e.id = $1 \
-              WHERE ev.created_at >= $2 AND ev.created_at < $3 AND ",
-            endpoint_matches_event!(),
-            " AND NOT EXISTS (SELECT 1 FROM deliveries x WHERE x.event_id = ev.id AND x.endpoint_id = e.id)",
-        ))
-        .bind::<SqlUuid, _>(endpoint_id)
-        .bind::<Timestamptz, _>(since)
-        .bind::<Timestamptz, _>(until)
-        .bind::<SqlUuid, _>(replay.requested_by)
-        .bind::<SqlUuid, _>(replay.id)
-        .execute(conn)
-        .await?;
-        replay.total = i64::try_from(replayed + created).unwrap_or(i64::MAX);
         diesel::insert_into(replays::table)
             .values(&replay)
             .execute(conn)
             .await?;
-        Ok(replayed + created)
+        recover_step(conn, &replay, &window).await
     })
     .await
+}
+
+/// The smallest UUIDv7 of the millisecond `lead` before `at`.
+fn id_floor(at: DateTime<Utc>, lead: std::time::Duration) -> Uuid {
+    let at = at - chrono::Duration::from_std(lead).unwrap_or_default();
+    crate::retention::cutoff_id(at.into(), std::time::Duration::ZERO)
+}
+
+/// One step of a recover, in the caller's transaction (which holds `replay`'s row): the
+/// events with ids from where the last step stopped, up to the [`RECOVER_STEP`]th.
+async fn recover_step(
+    conn: &mut AsyncPgConnection,
+    replay: &Replay,
+    window: &RecoverScope,
+) -> QueryResult<SearchStep> {
+    #[derive(QueryableByName)]
+    struct Boundary {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+        #[diesel(sql_type = Timestamptz)]
+        created_at: DateTime<Utc>,
+    }
+    let from = replay
+        .searched_to_id
+        .unwrap_or_else(|| id_floor(window.since, ID_LEAD));
+    // Ids are made before their events' times: none made after `until` is in the window.
+    let end = id_floor(
+        window.until + chrono::Duration::milliseconds(1),
+        std::time::Duration::ZERO,
+    );
+    // The first event this step leaves for the next.
+    let boundary: Option<Boundary> = diesel::sql_query(
+        "SELECT id, created_at FROM events WHERE id >= $1 AND id < $2 \
+          ORDER BY id OFFSET $3 LIMIT 1",
+    )
+    .bind::<SqlUuid, _>(from)
+    .bind::<SqlUuid, _>(end)
+    .bind::<diesel::sql_types::BigInt, _>(RECOVER_STEP)
+    .get_result(conn)
+    .await
+    .optional()?;
+    let to = boundary.as_ref().map_or(end, |b| b.id);
+    #[derive(QueryableByName)]
+    struct Replayed {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    // The endpoint's failed or pending deliveries of these events made due, and a delivery
+    // for each matching event that has none; one statement, one snapshot.
+    let done: Replayed = diesel::sql_query(concat!(
+        "WITH due AS ( \
+           UPDATE deliveries d SET status = 'pending', next_attempt_at = now(), \
+                  replay_requested = true, replay_requested_by = $4, replay_id = $5, \
+                  updated_at = now() \
+             FROM events ev \
+            WHERE ev.id = d.event_id AND d.endpoint_id = $1 \
+              AND ev.id >= $6 AND ev.id < $7 AND d.event_id >= $6 AND d.event_id < $7 \
+              AND ev.created_at >= $2 AND ev.created_at < $3 \
+              AND d.status IN ('failed', 'pending') \
+           RETURNING 1), \
+         created AS ( \
+           INSERT INTO deliveries (id, event_id, endpoint_id, stream, seq, event_type, status, \
+                                   next_attempt_at, replay_requested, replay_requested_by, \
+                                   replay_id, created_at, updated_at) \
+           SELECT herald_uuid7(), ev.id, e.id, ev.stream, ev.seq, ev.event_type, 'pending', \
+                  now(), true, $4, $5, clock_timestamp(), now() \
+             FROM events ev JOIN endpoints e ON e.id = $1 \
+            WHERE ev.id >= $6 AND ev.id < $7 \
+              AND ev.created_at >= $2 AND ev.created_at < $3 AND ",
+        endpoint_matches_event!(),
+        "   AND NOT EXISTS (SELECT 1 FROM deliveries x \
+                             WHERE x.event_id = ev.id AND x.endpoint_id = e.id) \
+            ORDER BY ev.id \
+           RETURNING 1) \
+         SELECT (SELECT count(*) FROM due) + (SELECT count(*) FROM created) AS n",
+    ))
+    .bind::<SqlUuid, _>(window.endpoint_id)
+    .bind::<Timestamptz, _>(window.since)
+    .bind::<Timestamptz, _>(window.until)
+    .bind::<SqlUuid, _>(replay.requested_by)
+    .bind::<SqlUuid, _>(replay.id)
+    .bind::<SqlUuid, _>(from)
+    .bind::<SqlUuid, _>(to)
+    .get_result(conn)
+    .await?;
+    let replayed = usize::try_from(done.n).unwrap_or(0);
+    let total = replay.total + i64::try_from(replayed).unwrap_or(i64::MAX);
+    let next = boundary.map(|b| (b.created_at, b.id));
+    end_step(conn, replay.id, total, next, replayed).await
 }
 
 #[cfg(test)]
