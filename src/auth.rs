@@ -82,6 +82,9 @@ pub struct Principal {
     pub stream_prefixes: Vec<String>,
     /// Its own cap on held requests per instance, if it has one.
     pub max_held: Option<usize>,
+    /// When it came from the console's session cookie: the session's token hash (what is
+    /// held open for it, its changes feed, ends when the session does).
+    pub session: Option<Vec<u8>>,
 }
 
 impl Principal {
@@ -92,6 +95,7 @@ impl Principal {
             role: key.role(),
             max_held: key.max_held.and_then(|n| usize::try_from(n).ok()),
             stream_prefixes: key.stream_prefixes.clone(),
+            session: None,
         }
     }
 
@@ -252,7 +256,10 @@ async fn authenticate_session(state: &AppState, cookie: CookieAuth) -> Result<Pr
             ));
         }
     }
-    Ok(Principal::of(&key))
+    Ok(Principal {
+        session: Some(hash),
+        ..Principal::of(&key)
+    })
 }
 
 async fn authenticate(state: &AppState, raw: Option<String>) -> Result<Principal, ApiError> {
@@ -341,6 +348,7 @@ mod tests {
             role: Role::Admin,
             stream_prefixes: Vec::new(),
             max_held: None,
+            session: None,
         }
     }
 

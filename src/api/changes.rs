@@ -47,6 +47,11 @@ async fn delivery_changes(
         shutdown: state.stopping.clone(),
         revoked: hold.token(),
         _hold: hold,
+        session: principal.session.map(|hash| SessionCheck {
+            hash,
+            pool: state.pool.clone(),
+            every: tokio::time::interval(SESSION_CHECK),
+        }),
         started: false,
         _open: OpenFeed::new(&state.metrics),
     };
@@ -69,8 +74,37 @@ struct ChangeFeed {
     /// Cancelled when the key is deleted.
     revoked: tokio_util::sync::CancellationToken,
     _hold: crate::streams::holds::Hold,
+    /// For a console session's feed: ends when the session does.
+    session: Option<SessionCheck>,
     started: bool,
     _open: OpenFeed,
+}
+
+/// How often a session's feed checks that its session is still live (signed out on any
+/// instance, or expired).
+const SESSION_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct SessionCheck {
+    hash: Vec<u8>,
+    pool: crate::db::DbPool,
+    every: tokio::time::Interval,
+}
+
+/// Ready when the feed's session has ended (never, for a feed opened with a key). A check
+/// that cannot reach the database keeps the feed: the next one decides.
+async fn session_ended(check: &mut Option<SessionCheck>) {
+    let Some(check) = check else {
+        return std::future::pending().await;
+    };
+    loop {
+        check.every.tick().await;
+        let Ok(mut conn) = check.pool.get().await else {
+            continue;
+        };
+        if let Ok(None) = crate::db::models::session::find_live(&mut conn, &check.hash).await {
+            return;
+        }
+    }
 }
 
 /// Counts an open feed in `herald_console_feeds` for as long as it lives.
@@ -102,6 +136,7 @@ impl ChangeFeed {
         tokio::select! {
             () = self.shutdown.cancelled() => None,
             () = self.revoked.cancelled() => None,
+            () = session_ended(&mut self.session) => None,
             () = tokio::time::sleep_until(self.end_at) => None,
             _ = self.heartbeat.tick() => Some(Bytes::from_static(b": heartbeat\n\n")),
             changed = self.changes.changed() => {

@@ -42,6 +42,15 @@ fn with_cookie(app: &TestApp, method: Method, path: &str, cookie: &str) -> reqwe
         .header("Cookie", format!("herald_session={cookie}"))
 }
 
+/// Signs the session out (with its CSRF token).
+async fn sign_out(app: &TestApp, cookie: &str, csrf: &str) -> reqwest::Response {
+    with_cookie(app, Method::DELETE, "/v1/sessions/current", cookie)
+        .header("X-CSRF-Token", csrf)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_key_signs_in_to_a_cookie_session_that_needs_csrf_to_change_things() {
     let app = spawn_app().await;
@@ -94,11 +103,7 @@ async fn an_admin_key_signs_in_to_a_cookie_session_that_needs_csrf_to_change_thi
         .await
         .unwrap();
     assert_problem(refused, 403, "forbidden").await;
-    let signed_out = with_cookie(&app, Method::DELETE, "/v1/sessions/current", &cookie)
-        .header("X-CSRF-Token", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let signed_out = sign_out(&app, &cookie, &csrf).await;
     assert_eq!(signed_out.status(), 204);
     assert!(
         signed_out.headers()["set-cookie"]
@@ -225,4 +230,48 @@ async fn an_untrusted_client_cannot_pick_its_address_to_dodge_the_sign_in_lockou
         .await
         .unwrap();
     assert_problem(throttled, 429, "too-many-requests").await;
+}
+
+/// The console's live feed opened with a session ends within seconds of the session's
+/// sign-out (on any instance: it checks the session itself), not at its 10-minute lifetime;
+/// one opened with a key is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_the_sessions_changes_feed() {
+    let app = spawn_app().await;
+    let (cookie, csrf, _) = sign_in(&app, ADMIN_KEY).await;
+    let feed = with_cookie(&app, Method::GET, "/v1/deliveries/changes", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(feed.status(), 200);
+    let feed = tokio::spawn(async move { feed.text().await.unwrap() });
+    let by_key = app
+        .request(Method::GET, "/v1/deliveries/changes", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_key.status(), 200);
+    let mut by_key = by_key.bytes_stream();
+
+    let signed_out = sign_out(&app, &cookie, &csrf).await;
+    assert_eq!(signed_out.status(), 204);
+    let body = tokio::time::timeout(std::time::Duration::from_secs(10), feed)
+        .await
+        .expect("the session's feed ended")
+        .unwrap();
+    assert!(body.contains("event: ready"), "{body}");
+    // The key's feed goes on: it still announces a change.
+    use futures_util::StreamExt as _;
+    let first = by_key.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("event: ready"));
+    // An endpoint, so that a publish makes a delivery, which the feed announces.
+    crate::helpers::create_endpoint(&app, json!({"url": "https://hooks.example.com/changes"}))
+        .await;
+    app.publish("s", "t", json!(1)).await;
+    let next = tokio::time::timeout(std::time::Duration::from_secs(10), by_key.next())
+        .await
+        .expect("the key's feed is still open")
+        .expect("not ended")
+        .unwrap();
+    assert!(!next.is_empty());
 }
