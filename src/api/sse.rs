@@ -76,8 +76,8 @@ pub(super) async fn stream_sse(
     })?;
     // The first read happens before answering, so that an expired cursor is a real 410.
     let first = fetch_page(&state.pool, stream.as_str(), cursor, CATCH_UP_LIMIT).await?;
-    if first.is_empty() {
-        subscription.caught_up(cursor);
+    if first.len() < CATCH_UP_LIMIT as usize {
+        subscription.caught_up(first.last().map_or(cursor, |e| e.seq));
     }
     let settings = &state.settings;
     let mut heartbeat = tokio::time::interval(settings.sse_heartbeat);
@@ -87,6 +87,7 @@ pub(super) async fn stream_sse(
         stream: stream.into_inner(),
         cursor,
         catching_up: first.len() as i64 == CATCH_UP_LIMIT,
+        more: false,
         pending: Some(first),
         subscription,
         heartbeat,
@@ -118,6 +119,8 @@ struct Sse {
     stream: String,
     cursor: i64,
     catching_up: bool,
+    /// The last take from the hub was a full page: take again before waiting.
+    more: bool,
     pending: Option<Vec<Arc<EventJson>>>,
     subscription: Subscription,
     heartbeat: Interval,
@@ -158,10 +161,20 @@ impl Sse {
                     Err(_) => return None,
                 };
                 self.catching_up = events.len() as i64 == CATCH_UP_LIMIT;
+                if !self.catching_up {
+                    self.subscription
+                        .caught_up(events.last().map_or(self.cursor, |e| e.seq));
+                }
                 if !events.is_empty() {
                     return Some(Bytes::from(self.format(&events)));
                 }
-                self.subscription.caught_up(self.cursor);
+                continue;
+            }
+            if self.more {
+                self.more = false;
+                if let Some(chunk) = self.take_live() {
+                    return Some(chunk);
+                }
                 continue;
             }
             let revoked = self.hold.token();
@@ -175,12 +188,28 @@ impl Sse {
                 }
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": heartbeat\n\n")),
                 () = self.subscription.changed() => {
-                    match self.subscription.take(self.cursor, CATCH_UP_LIMIT as usize) {
-                        Taken::Events(events) => return Some(Bytes::from(self.format(&events))),
-                        Taken::Nothing => {}
-                        Taken::Gap => self.catching_up = true,
+                    if let Some(chunk) = self.take_live() {
+                        return Some(chunk);
                     }
                 }
+            }
+        }
+    }
+
+    /// Takes what the hub holds after the cursor, a page at most: the chunk to send, if
+    /// any (on a gap, the next call reads the database instead).
+    fn take_live(&mut self) -> Option<Bytes> {
+        match self.subscription.take(self.cursor, CATCH_UP_LIMIT as usize) {
+            Taken::Events(events) => {
+                // A full page may not be all that one wake-up brought (a batch of 800):
+                // the next call takes the rest before waiting for another.
+                self.more = events.len() as i64 == CATCH_UP_LIMIT;
+                Some(Bytes::from(self.format(&events)))
+            }
+            Taken::Nothing => None,
+            Taken::Gap => {
+                self.catching_up = true;
+                None
             }
         }
     }

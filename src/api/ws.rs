@@ -690,8 +690,9 @@ impl Socket {
                 return;
             }
         }
-        if page.is_empty() {
-            sub.subscription.caught_up(sub.cursor);
+        if page.len() < CATCH_UP_LIMIT as usize {
+            sub.subscription
+                .caught_up(page.last().map_or(sub.cursor, |e| e.seq));
         }
         if !sub.send(&page, &mut self.outbox) {
             return;

@@ -410,13 +410,15 @@ impl Subscription {
         self.key.unwrap_or(0)
     }
 
-    /// Says that this subscriber's own read found nothing after `after`: the stream ends at
-    /// or below it. The slot only moves forward, except here: a slot created from a cursor
-    /// beyond the stream's end (a client's made-up cursor) must come down to where the
-    /// stream really ends, or it would skip the events between. Only a slot that has not
-    /// read the stream yet is lowered. A reader that is merely
-    /// behind (its read found events) never gets here, so catching up from an old cursor
-    /// never makes the slot re-read history for the stream's other waiters.
+    /// Says that this subscriber's own read reached the stream's end at `after` (it found
+    /// nothing after it, or a short page ending there). The slot only moves forward, except
+    /// here: a slot created from a cursor beyond the stream's end (a client's made-up
+    /// cursor) must come down to where the stream really ends, or it would skip the events
+    /// between, for every reader of the stream, also one that caught up with a page of
+    /// events. Only a slot that has not read the stream yet is lowered. A reader that is
+    /// merely behind (a full page) never gets here, and one at the end never lowers a slot
+    /// below the end, so catching up from an old cursor never makes the slot re-read
+    /// history for the stream's other waiters.
     pub fn caught_up(&self, after: i64) {
         let mut state = self.slot.state();
         // A slot that has read the stream knows better: its `known` was committed, maybe

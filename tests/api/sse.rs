@@ -209,6 +209,39 @@ async fn shutdown_ends_sse_streams() {
     assert!(reader.ended);
 }
 
+/// Moves the events `seqs` of `stream` two days back (their ids, so their day partition)
+/// and runs retention with one day: returns how many events it purged.
+async fn age_and_purge(app: &TestApp, stream: &str, seqs: &[i64]) -> u64 {
+    app.partitions_back(3).await;
+    let db = app.db().await;
+    let then = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        - Duration::from_secs(2 * 86_400);
+    let old = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        then.as_secs(),
+        0,
+    ));
+    for seq in seqs {
+        let id = uuid::Uuid::from_u128(old.as_u128() + *seq as u128).to_string();
+        db.execute(
+            "UPDATE events SET id = $1::text::uuid WHERE stream = $2 AND seq = $3",
+            &[&id, &stream, seq],
+        )
+        .await
+        .unwrap();
+    }
+    let pool = herald::db::build_pool(&app.database_url, 2, Duration::from_secs(5)).unwrap();
+    herald::retention::purge_once(
+        &pool,
+        Duration::from_secs(86_400),
+        &herald::metrics::Metrics::default(),
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_event_id_older_than_retention_gets_410_with_where_to_resume() {
     let app = spawn_app().await;
@@ -216,37 +249,7 @@ async fn a_last_event_id_older_than_retention_gets_410_with_where_to_resume() {
         app.publish("s", "t", json!(i)).await;
     }
     // Events 1 and 2 are two days old; retention is one day.
-    app.partitions_back(3).await;
-    let db = app.db().await;
-    let old = {
-        let then = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            - Duration::from_secs(2 * 86_400);
-        uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            then.as_secs(),
-            0,
-        ))
-    };
-    for seq in 1..=2_i64 {
-        let id = uuid::Uuid::from_u128(old.as_u128() + seq as u128).to_string();
-        db.execute(
-            "UPDATE events SET id = $1::text::uuid WHERE stream = 's' AND seq = $2",
-            &[&id, &seq],
-        )
-        .await
-        .unwrap();
-    }
-    let pool = herald::db::build_pool(&app.database_url, 2, Duration::from_secs(5)).unwrap();
-    let purged = herald::retention::purge_once(
-        &pool,
-        Duration::from_secs(86_400),
-        &herald::metrics::Metrics::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(purged, 2);
+    assert_eq!(age_and_purge(&app, "s", &[1, 2]).await, 2);
 
     let expired = open(&app, "/v1/streams/s/sse", Some(0)).await;
     let problem = assert_problem(expired, 410, "cursor-expired").await;
@@ -276,4 +279,90 @@ async fn sse_frames_payloads_with_line_breaks_so_no_event_is_lost() {
         let expected: Value = serde_json::from_str(payload).unwrap();
         assert_eq!(event.data["payload"], expected, "payload {payload:?}");
     }
+}
+
+/// A live reader gets every event of a batch larger than one page (800 here) at once:
+/// one commit wakes the stream once, and the reader takes page after page until it has
+/// them all (it used to stop after the first 500 and wait for another event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_reader_gets_a_whole_batch_larger_than_a_page_at_once() {
+    let app = spawn_app().await;
+    app.publish("big", "t", json!(0)).await;
+    let mut reader = SseReader::new(open(&app, "/v1/streams/big/sse", None).await);
+    assert_eq!(
+        reader.next_event(Duration::from_secs(5)).await.unwrap().id,
+        1
+    );
+    let events: Vec<Value> = (1..=800)
+        .map(|i| json!({"stream": "big", "type": "t", "payload": i}))
+        .collect();
+    app.publish_batch(&events).await;
+    for seq in 2..=801 {
+        let event = reader.next_event(Duration::from_secs(5)).await;
+        assert_eq!(
+            event.map(|e| e.id),
+            Some(seq),
+            "nothing more after {}",
+            seq - 1
+        );
+    }
+}
+
+/// A stream's events can sit in two day partitions out of seq order (an id is made when
+/// the request is read, its seq at commit), so retention can drop an event and keep the
+/// one before it. A reader is never walked over that hole: the page stops before it and
+/// the next read is `410` with where to resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_left_by_retention_inside_a_stream_is_a_410_not_a_skip() {
+    let app = spawn_app().await;
+    for i in 1..=4 {
+        app.publish("s", "t", json!(i)).await;
+    }
+    // Event 2 alone is two days old (retention is one day); 1, 3 and 4 are today's.
+    assert_eq!(age_and_purge(&app, "s", &[2]).await, 1);
+
+    let page: Value = app.get_json("/v1/streams/s/events?after=0").await;
+    let seqs: Vec<i64> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1], "{page}");
+    assert_eq!(page["next_after"], 1);
+    let gone = app.get("/v1/streams/s/events?after=1").await;
+    let problem = assert_problem(gone, 410, "cursor-expired").await;
+    assert_eq!(problem["earliest_after"], 2);
+    let resumed: Value = app.get_json("/v1/streams/s/events?after=2").await;
+    assert_eq!(resumed["events"][0]["seq"], 3, "{resumed}");
+}
+
+/// A cursor beyond the stream's end (a made-up `Last-Event-ID`) must not hold up the
+/// stream's other readers: one that caught up with a page of events (not an empty read)
+/// still gets what is committed next, while the made-up one waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_beyond_the_end_does_not_hold_up_other_readers() {
+    let app = spawn_app().await;
+    for i in 1..=5 {
+        app.publish("far", "t", json!(i)).await;
+    }
+    let mut ahead = SseReader::new(open(&app, "/v1/streams/far/sse", Some(1000)).await);
+    assert!(ahead.next_event(Duration::from_millis(300)).await.is_none());
+    let mut behind = SseReader::new(open(&app, "/v1/streams/far/sse", Some(3)).await);
+    for seq in 4..=5 {
+        assert_eq!(
+            behind.next_event(Duration::from_secs(5)).await.unwrap().id,
+            seq
+        );
+    }
+    app.publish("far", "t", json!(6)).await;
+    let next = behind.next_event(Duration::from_secs(5)).await;
+    assert_eq!(
+        next.map(|e| e.id),
+        Some(6),
+        "the reader at the end got nothing"
+    );
+    // A long-poll from the end gets it too.
+    let page: Value = app.get_json("/v1/streams/far/events?after=5&wait=5").await;
+    assert_eq!(page["events"][0]["seq"], 6, "{page}");
 }
