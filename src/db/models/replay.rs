@@ -379,7 +379,6 @@ pub async fn start_recover(
     mut replay: Replay,
 ) -> QueryResult<SearchStep> {
     replay.searching = true;
-    replay.searched_to_id = Some(id_floor(window.since, ID_LEAD));
     let window = window.clone();
     conn.transaction(async |conn| {
         diesel::insert_into(replays::table)
